@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine: `make train` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PROTO   := pipeline/proto/caffe.proto
+PB2     := pipeline/proto/caffe_pb2.py
+# torch 2.13.0 is the local CPU build; any other spec would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+SOLVER  ?= solvers/lenet_solver.prototxt
+WEIGHTS ?=
+SET     ?=
+ITERS   ?= 50
+MODEL   ?=
+
+.PHONY: setup proto test lint format train data clean bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+# The generated protobuf module is committed; this regenerates it after editing the schema.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Ipipeline/proto --python_out=pipeline/proto $(PROTO)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline tests tools bench
+	$(VENV)/bin/ruff format --check pipeline tests tools bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format pipeline tests tools bench
+	$(VENV)/bin/ruff check --fix pipeline tests tools bench
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q -n 2 tests
+
+time: $(STAMP)
+	$(PY) -m pipeline.cli time --model $(MODEL) --iterations $(ITERS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

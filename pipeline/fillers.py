@@ -1,0 +1,120 @@
+"""Caffe's weight fillers (filler.hpp), with Caffe's fan definitions.
+
+fan_in = count / shape[0], fan_out = count / shape[1]: for a conv weight (C_out, C_in/g, kh, kw) that is
+C_in/g*kh*kw and C_out*kh*kw; for an InnerProduct weight (N_out, K) it is K and N_out.
+Values are random like Caffe's but not bit-identical to Caffe's Boost RNG: statistics match.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from pipeline.errors import NetBuildError
+from pipeline.proto import caffe_pb2
+
+Filler = Callable[[caffe_pb2.FillerParameter, tuple, torch.Generator | None], torch.Tensor]
+_FILLERS: dict[str, Filler] = {}
+
+
+def register_filler(name: str):
+    def decorate(fn: Filler) -> Filler:
+        _FILLERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def fill(param: caffe_pb2.FillerParameter, shape: tuple, generator: torch.Generator | None = None) -> torch.Tensor:
+    try:
+        filler = _FILLERS[param.type]
+    except KeyError:
+        raise NetBuildError(f"unknown filler type '{param.type}'. Known fillers: {', '.join(sorted(_FILLERS))}") from None
+    return filler(param, tuple(int(d) for d in shape), generator).to(torch.float32)
+
+
+def _count(shape: tuple) -> int:
+    return math.prod(shape)
+
+
+def _fans(shape: tuple) -> tuple[float, float]:
+    count = _count(shape)
+    fan_in = count / shape[0] if shape else 1.0
+    fan_out = count / shape[1] if len(shape) > 1 else float(count)
+    return fan_in, fan_out
+
+
+def _fan_for(param: caffe_pb2.FillerParameter, shape: tuple) -> float:
+    fan_in, fan_out = _fans(shape)
+    norm = param.variance_norm
+    if norm == caffe_pb2.FillerParameter.FAN_OUT:
+        return fan_out
+    if norm == caffe_pb2.FillerParameter.AVERAGE:
+        return (fan_in + fan_out) / 2.0
+    return fan_in
+
+
+def _uniform(shape: tuple, low: float, high: float, generator) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=generator)
+
+
+@register_filler("constant")
+def constant(param, shape, generator):
+    return torch.full(shape, float(param.value), dtype=torch.float64)
+
+
+@register_filler("uniform")
+def uniform(param, shape, generator):
+    return _uniform(shape, param.min, param.max, generator)
+
+
+@register_filler("gaussian")
+def gaussian(param, shape, generator):
+    data = torch.empty(shape, dtype=torch.float64).normal_(param.mean, param.std, generator=generator)
+    if param.sparse >= 0:
+        # Caffe keeps each weight with probability sparse / num_outputs, so each output sees ~sparse inputs.
+        if not shape:
+            raise NetBuildError("sparse gaussian filler needs a blob with at least one axis")
+        keep = param.sparse / shape[0]
+        mask = torch.empty(shape, dtype=torch.float64).bernoulli_(keep, generator=generator)
+        data *= mask
+    return data
+
+
+@register_filler("positive_unitball")
+def positive_unitball(param, shape, generator):
+    data = _uniform(shape, 0.0, 1.0, generator)
+    rows = data.reshape(shape[0] if shape else 1, -1)
+    rows /= rows.sum(dim=1, keepdim=True)
+    return rows.reshape(shape)
+
+
+@register_filler("xavier")
+def xavier(param, shape, generator):
+    scale = math.sqrt(3.0 / _fan_for(param, shape))
+    return _uniform(shape, -scale, scale, generator)
+
+
+@register_filler("msra")
+def msra(param, shape, generator):
+    std = math.sqrt(2.0 / _fan_for(param, shape))
+    return torch.empty(shape, dtype=torch.float64).normal_(0.0, std, generator=generator)
+
+
+@register_filler("bilinear")
+def bilinear(param, shape, generator):
+    # The upsampling kernel FCN uses for Deconvolution: every (out, in) slice gets the same 2-D kernel.
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise NetBuildError(f"bilinear filler needs a 4-D blob with square kernels, got shape {list(shape)}")
+    size = shape[3]
+    f = math.ceil(size / 2.0)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    axis = 1 - torch.abs(torch.arange(size, dtype=torch.float64) / f - c)
+    kernel = axis[:, None] * axis[None, :]
+    return kernel.expand(shape).clone()
+
+
+def known_fillers() -> list[str]:
+    return sorted(_FILLERS)

@@ -1,0 +1,296 @@
+"""Net: a NetParameter built into a torch module that behaves like a Caffe Net.
+
+Build steps (Caffe's Net::Init): filter layers by phase/level/stage, insert Split layers, instantiate each
+layer and compute its top shapes, assign loss weights, collect parameters (shared by ParamSpec name, with
+lr_mult/decay_mult), and work out which layers feed a loss. At forward time a layer whose tops feed no loss
+runs without autograd, and parameters with lr_mult 0 do not require grad, so a frozen branch (a teacher)
+records no autograd graph at all.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import pipeline.layers  # noqa: F401  (registers every layer type)
+from pipeline.errors import NetBuildError, PipelineError
+from pipeline.layers.base import TEST, TRAIN, Layer, check_counts
+from pipeline.layers.registry import layer_class
+from pipeline.netspec import filter_net, insert_splits, net_state
+from pipeline.proto import caffe_pb2
+
+PHASES = {"TRAIN": TRAIN, "TEST": TEST}
+
+
+@dataclass
+class LearnableParam:
+    """One learnable blob as the solver sees it (Caffe's learnable_params_ with its multipliers)."""
+
+    tensor: nn.Parameter
+    layer: str
+    index: int
+    lr_mult: float
+    decay_mult: float
+
+
+class Blob:
+    """pycaffe-style view of a named blob: `.data`, `.diff`, `.shape`."""
+
+    def __init__(self, net: Net, name: str):
+        self._net, self.name = net, name
+
+    @property
+    def data(self) -> torch.Tensor:
+        if self.name in self._net._values:
+            return self._net._values[self.name]
+        raise KeyError(f"blob '{self.name}' has no data yet: run forward first")
+
+    @data.setter
+    def data(self, value: torch.Tensor) -> None:
+        self._net.feed[self.name] = value
+
+    @property
+    def diff(self) -> torch.Tensor:
+        """Gradient of the loss w.r.t. this blob (before any in-place layer), zeros if none flowed."""
+        first = self._net._first_values.get(self.name)
+        if first is None:
+            raise KeyError(f"blob '{self.name}' has no diff: run forward with retain_diffs=True, then backward")
+        return first.grad if first.grad is not None else torch.zeros_like(first)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.name in self._net._values:
+            return tuple(self._net._values[self.name].shape)
+        return self._net.blob_shapes[self.name]
+
+    def __repr__(self) -> str:
+        return f"Blob({self.name!r}, shape={list(self.shape)})"
+
+
+class _BlobMap(OrderedDict):
+    pass
+
+
+class Net(nn.Module):
+    def __init__(self, param: caffe_pb2.NetParameter, phase: int | str = TRAIN, level: int = 0, stages=(),
+                 seed: int | None = None, source: str = "<net>"):
+        super().__init__()
+        phase = PHASES[phase] if isinstance(phase, str) else phase
+        self.source = source
+        self.name = param.name
+        self.state = net_state(param, phase, level, stages)
+        self.phase = phase
+        self.param = insert_splits(filter_net(param, self.state))
+        self.force_backward = param.force_backward
+        self.layers = nn.ModuleList()
+        self.layer_by_name: dict[str, Layer] = {}
+        self.blob_shapes: dict[str, tuple[int, ...]] = OrderedDict()
+        self.loss_weights: list[list[float]] = []
+        self.feed: dict[str, torch.Tensor] = {}
+        self.retain_diffs = False
+        self.loss: torch.Tensor | None = None
+        self._values: dict[str, torch.Tensor] = {}
+        self._first_values: dict[str, torch.Tensor] = {}
+        generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
+        for layer_param in self.param.layer:
+            self._append_layer(layer_param, generator)
+        self._share_params()
+        self.learnable_params = self._collect_learnable()
+        self._plan_backward()
+
+    # ----- building ----------------------------------------------------------------------------------
+    def _append_layer(self, layer_param: caffe_pb2.LayerParameter, generator: torch.Generator) -> None:
+        if layer_param.name in self.layer_by_name:
+            raise NetBuildError("duplicate layer name", layer_param.name, layer_param.type)
+        cls = layer_class(layer_param.type, layer_param.name)
+        layer = cls(layer_param, self.phase)
+        layer.generator = generator
+        check_counts(layer, len(layer_param.bottom), len(layer_param.top))
+        bottom_shapes = []
+        for j, blob in enumerate(layer_param.bottom):
+            if blob not in self.blob_shapes:
+                raise NetBuildError(f"unknown bottom blob '{blob}' (bottom index {j})", layer.name, cls.type_name)
+            bottom_shapes.append(self.blob_shapes[blob])
+        try:
+            top_shapes = layer.setup(bottom_shapes)
+        except PipelineError as exc:
+            if isinstance(exc, NetBuildError) and exc.layer is not None:
+                raise
+            raise NetBuildError(str(exc), layer.name, cls.type_name) from None
+        except (ValueError, RuntimeError, IndexError, ZeroDivisionError, TypeError) as exc:
+            shapes = ", ".join(f"{b} {list(s)}" for b, s in zip(layer_param.bottom, bottom_shapes))
+            raise NetBuildError(f"set-up failed for bottoms [{shapes}]: {exc}", layer.name, cls.type_name) from None
+        if len(top_shapes) != len(layer_param.top):
+            raise NetBuildError(f"produces {len(top_shapes)} top(s) but {len(layer_param.top)} named", layer.name,
+                                cls.type_name)
+        for blob, shape in zip(layer_param.top, top_shapes):
+            self.blob_shapes[blob] = tuple(int(d) for d in shape)
+        self.loss_weights.append(self._layer_loss_weights(layer))
+        self.layers.append(layer)
+        self.layer_by_name[layer.name] = layer
+
+    @staticmethod
+    def _layer_loss_weights(layer: Layer) -> list[float]:
+        n = len(layer.top_names)
+        weights = list(layer.param.loss_weight)
+        if weights:
+            if len(weights) != n:
+                raise layer.error(f"has {len(weights)} loss_weight values for {n} tops")
+            return weights
+        return [1.0] + [0.0] * (n - 1) if layer.is_loss and n else [0.0] * n
+
+    def _param_spec(self, layer: Layer, index: int) -> caffe_pb2.ParamSpec:
+        return layer.param.param[index] if index < len(layer.param.param) else caffe_pb2.ParamSpec()
+
+    def _share_params(self) -> None:
+        owners: dict[str, tuple[Layer, int]] = {}
+        for layer in self.layers:
+            for index, attr in enumerate(n for n in layer.blob_names if getattr(layer, n, None) is not None):
+                name = self._param_spec(layer, index).name
+                if not name:
+                    continue
+                if name not in owners:
+                    owners[name] = (layer, index)
+                    continue
+                owner_layer, owner_index = owners[name]
+                owner = owner_layer.blobs[owner_index]
+                mine = getattr(layer, attr)
+                if owner.numel() != mine.numel():
+                    raise layer.error(f"shares parameter '{name}' with layer '{owner_layer.name}' but shapes differ: "
+                                      f"{list(mine.shape)} vs {list(owner.shape)}")
+                setattr(layer, attr, owner if owner.shape == mine.shape else owner.view(mine.shape))
+
+    def _collect_learnable(self) -> list[LearnableParam]:
+        seen: set[int] = set()
+        result = []
+        for layer in self.layers:
+            for index, blob in enumerate(layer.blobs):
+                if not isinstance(blob, nn.Parameter):
+                    continue
+                spec = self._param_spec(layer, index)
+                if spec.lr_mult == 0:
+                    blob.requires_grad_(False)
+                if id(blob) in seen:
+                    continue
+                seen.add(id(blob))
+                result.append(LearnableParam(blob, layer.name, index, spec.lr_mult, spec.decay_mult))
+        return result
+
+    def _plan_backward(self) -> None:
+        """Which layers' tops feed a loss (Caffe's layer_contributes_loss), and which bottoms to detach."""
+        needed: set[str] = set()
+        self.contributes_loss = [False] * len(self.layers)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            feeds_loss = any(w != 0 for w in self.loss_weights[i]) or any(t in needed for t in layer.top_names)
+            self.contributes_loss[i] = feeds_loss and (layer.has_backward or not layer.bottom_names)
+            if self.contributes_loss[i]:
+                needed.update(layer.bottom_names)
+        self.detach_bottoms = []
+        for layer in self.layers:
+            flags = list(layer.param.propagate_down)
+            if flags and len(flags) != len(layer.bottom_names):
+                raise layer.error(f"propagate_down has {len(flags)} values for {len(layer.bottom_names)} bottoms")
+            self.detach_bottoms.append([not f for f in flags] if flags else [False] * len(layer.bottom_names))
+        consumed = {b for layer in self.layers for b in layer.bottom_names}
+        self.output_names = [b for b in self.blob_shapes if b not in consumed]
+        self.input_names = [t for layer in self.layers if layer.is_source for t in layer.top_names]
+
+    # ----- pycaffe-style access ----------------------------------------------------------------------
+    @property
+    def blobs(self) -> OrderedDict[str, Blob]:
+        return _BlobMap((name, Blob(self, name)) for name in self.blob_shapes)
+
+    @property
+    def params(self) -> OrderedDict[str, list[torch.Tensor]]:
+        return OrderedDict((layer.name, layer.blobs) for layer in self.layers if layer.blobs)
+
+    def layer(self, name: str) -> Layer:
+        try:
+            return self.layer_by_name[name]
+        except KeyError:
+            raise NetBuildError(f"no layer named '{name}' in net '{self.name}'") from None
+
+    # ----- running -----------------------------------------------------------------------------------
+    def forward(self, *args: torch.Tensor, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run every layer; feeds (by blob name, or positionally in input order) replace source-layer tops.
+
+        Returns the net's output blobs (those no layer reads). The weighted total loss is left in `self.loss`.
+        """
+        feeds = {**self.feed, **dict(zip(self.input_names, args)), **feeds}
+        self.feed = {}
+        values: dict[str, torch.Tensor] = {}
+        first: dict[str, torch.Tensor] = {}
+        loss = None
+        force = self.force_backward and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if layer.is_source:
+                tops = self._source_tops(layer, feeds, force)
+            else:
+                bottoms = [values[b] for b in layer.bottom_names]
+                for j, detach in enumerate(self.detach_bottoms[i]):
+                    if detach:
+                        bottoms[j] = bottoms[j].detach()
+                tops = self._run(layer, bottoms, i)
+            for j, (name, top) in enumerate(zip(layer.top_names, tops)):
+                values[name] = top
+                if self.retain_diffs and name not in first:
+                    first[name] = top
+                    if top.requires_grad:
+                        top.retain_grad()
+                weight = self.loss_weights[i][j]
+                if weight:
+                    term = top.sum() * weight if weight != 1 else top.sum()
+                    loss = term if loss is None else loss + term
+        self._values, self._first_values = values, first
+        self.loss = loss
+        return {name: values[name] for name in self.output_names}
+
+    def _source_tops(self, layer: Layer, feeds: dict, force: bool) -> list[torch.Tensor]:
+        if all(t in feeds for t in layer.top_names):
+            tops = [torch.as_tensor(feeds[t]) for t in layer.top_names]
+        else:
+            produced = layer()
+            produced = (produced,) if isinstance(produced, torch.Tensor) else produced
+            tops = [torch.as_tensor(feeds[t]) if t in feeds else p for t, p in zip(layer.top_names, produced)]
+        if force:
+            tops = [t.detach().requires_grad_(True) if t.is_floating_point() else t for t in tops]
+        return tops
+
+    def _run(self, layer: Layer, bottoms: list[torch.Tensor], i: int) -> tuple[torch.Tensor, ...]:
+        try:
+            if self.contributes_loss[i] or not torch.is_grad_enabled():
+                out = layer(*bottoms)
+            else:
+                with torch.no_grad():
+                    out = layer(*bottoms)
+        except PipelineError:
+            raise
+        except RuntimeError as exc:
+            shapes = ", ".join(f"{b} {list(t.shape)}" for b, t in zip(layer.bottom_names, bottoms))
+            raise NetBuildError(f"forward failed on bottoms [{shapes}]: {exc}", layer.name, layer.type_name) from None
+        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+    def backward(self) -> None:
+        if self.loss is None:
+            raise NetBuildError(f"net '{self.name}' has no loss to back-propagate")
+        self.loss.backward()
+
+    def clear_param_diffs(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def extra_repr(self) -> str:
+        phase = caffe_pb2.Phase.Name(self.phase)
+        return f"name={self.name!r}, phase={phase}, inputs={self.input_names}, outputs={self.output_names}"
+
+
+def build_net(path: str, phase: int | str = TRAIN, variables: dict | None = None, level: int = 0, stages=(),
+              seed: int | None = None) -> Net:
+    """Render, parse and build a net prototxt file."""
+    from pipeline.prototxt import read_net
+
+    return Net(read_net(path, variables), phase=phase, level=level, stages=stages, seed=seed, source=str(path))

@@ -1,0 +1,22 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PIPELINE_SHARED", ROOT.parent / "shared"))
+sys.path.insert(0, str(ROOT))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or a clean skip when that folder (or the file) is not here."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared absent)")
+    return path
+
+
+def shared_cases(*parts: str) -> list[str]:
+    folder = SHARED.joinpath(*parts)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_")) if folder.exists() else []
