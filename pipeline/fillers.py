@@ -31,7 +31,9 @@ def fill(param: caffe_pb2.FillerParameter, shape: tuple, generator: torch.Genera
     try:
         filler = _FILLERS[param.type]
     except KeyError:
-        raise NetBuildError(f"unknown filler type '{param.type}'. Known fillers: {', '.join(sorted(_FILLERS))}") from None
+        raise NetBuildError(
+            f"unknown filler type '{param.type}'. Known fillers: {', '.join(sorted(_FILLERS))}"
+        ) from None
     return filler(param, tuple(int(d) for d in shape), generator).to(torch.float32)
 
 

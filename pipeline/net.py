@@ -75,8 +75,15 @@ class _BlobMap(OrderedDict):
 
 
 class Net(nn.Module):
-    def __init__(self, param: caffe_pb2.NetParameter, phase: int | str = TRAIN, level: int = 0, stages=(),
-                 seed: int | None = None, source: str = "<net>"):
+    def __init__(
+        self,
+        param: caffe_pb2.NetParameter,
+        phase: int | str = TRAIN,
+        level: int = 0,
+        stages=(),
+        seed: int | None = None,
+        source: str = "<net>",
+    ):
         super().__init__()
         phase = PHASES[phase] if isinstance(phase, str) else phase
         self.source = source
@@ -124,8 +131,9 @@ class Net(nn.Module):
             shapes = ", ".join(f"{b} {list(s)}" for b, s in zip(layer_param.bottom, bottom_shapes))
             raise NetBuildError(f"set-up failed for bottoms [{shapes}]: {exc}", layer.name, cls.type_name) from None
         if len(top_shapes) != len(layer_param.top):
-            raise NetBuildError(f"produces {len(top_shapes)} top(s) but {len(layer_param.top)} named", layer.name,
-                                cls.type_name)
+            raise NetBuildError(
+                f"produces {len(top_shapes)} top(s) but {len(layer_param.top)} named", layer.name, cls.type_name
+            )
         for blob, shape in zip(layer_param.top, top_shapes):
             self.blob_shapes[blob] = tuple(int(d) for d in shape)
         self.loss_weights.append(self._layer_loss_weights(layer))
@@ -159,8 +167,10 @@ class Net(nn.Module):
                 owner = owner_layer.blobs[owner_index]
                 mine = getattr(layer, attr)
                 if owner.numel() != mine.numel():
-                    raise layer.error(f"shares parameter '{name}' with layer '{owner_layer.name}' but shapes differ: "
-                                      f"{list(mine.shape)} vs {list(owner.shape)}")
+                    raise layer.error(
+                        f"shares parameter '{name}' with layer '{owner_layer.name}' but shapes differ: "
+                        f"{list(mine.shape)} vs {list(owner.shape)}"
+                    )
                 setattr(layer, attr, owner if owner.shape == mine.shape else owner.view(mine.shape))
 
     def _collect_learnable(self) -> list[LearnableParam]:
@@ -288,8 +298,14 @@ class Net(nn.Module):
         return f"name={self.name!r}, phase={phase}, inputs={self.input_names}, outputs={self.output_names}"
 
 
-def build_net(path: str, phase: int | str = TRAIN, variables: dict | None = None, level: int = 0, stages=(),
-              seed: int | None = None) -> Net:
+def build_net(
+    path: str,
+    phase: int | str = TRAIN,
+    variables: dict | None = None,
+    level: int = 0,
+    stages=(),
+    seed: int | None = None,
+) -> Net:
     """Render, parse and build a net prototxt file."""
     from pipeline.prototxt import read_net
 

@@ -70,8 +70,11 @@ def insert_splits(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     for i, layer in enumerate(net.layer):
         for j, blob in enumerate(layer.bottom):
             if blob not in last_top:
-                raise NetBuildError(f"unknown bottom blob '{blob}' (bottom index {j}); "
-                                    f"no earlier layer produces it", layer.name, layer.type)
+                raise NetBuildError(
+                    f"unknown bottom blob '{blob}' (bottom index {j}); no earlier layer produces it",
+                    layer.name,
+                    layer.type,
+                )
             source_of[(i, j)] = last_top[blob]
             consumers[last_top[blob]] += 1
         for j, blob in enumerate(layer.top):

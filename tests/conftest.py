@@ -19,4 +19,6 @@ def shared_path(*parts: str) -> Path:
 
 def shared_cases(*parts: str) -> list[str]:
     folder = SHARED.joinpath(*parts)
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_")) if folder.exists() else []
+    return (
+        sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_")) if folder.exists() else []
+    )

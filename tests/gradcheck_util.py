@@ -20,14 +20,24 @@ def single_layer_net(body: str, bottoms: dict[str, tuple], n_tops: int = 1, phas
     tops = "".join(f'top: "{n}" ' for n in names)
     layer_bottoms = "".join(f'bottom: "{n}" ' for n in names)
     layer_tops = "".join(f'top: "top{i}" ' for i in range(n_tops))
-    text = (f'layer {{ name: "input" type: "Input" {tops} input_param {{ {shapes} }} }}\n'
-            f'layer {{ name: "under_test" {layer_bottoms} {layer_tops} {body} }}\n')
+    text = (
+        f'layer {{ name: "input" type: "Input" {tops} input_param {{ {shapes} }} }}\n'
+        f'layer {{ name: "under_test" {layer_bottoms} {layer_tops} {body} }}\n'
+    )
     return Net(net_from_string(text), phase=phase, seed=1701).double()
 
 
-def check_layer_gradients(body: str, bottoms: dict[str, tuple], n_tops: int = 1, phase: str = "TRAIN",
-                          inputs: dict[str, torch.Tensor] | None = None, wrt: list[str] | None = None,
-                          check_params: bool = True, seed: int = 0, **gradcheck_kwargs) -> None:
+def check_layer_gradients(
+    body: str,
+    bottoms: dict[str, tuple],
+    n_tops: int = 1,
+    phase: str = "TRAIN",
+    inputs: dict[str, torch.Tensor] | None = None,
+    wrt: list[str] | None = None,
+    check_params: bool = True,
+    seed: int = 0,
+    **gradcheck_kwargs,
+) -> None:
     """Assert that the layer's autograd gradients equal finite differences (w.r.t. `wrt` bottoms and blobs)."""
     net = single_layer_net(body, bottoms, n_tops, phase)
     layer = net.layer("under_test")

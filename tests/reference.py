@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from pipeline.net import Net
-from pipeline.prototxt import parse_text
 from pipeline.proto import caffe_pb2
+from pipeline.prototxt import parse_text
 from pipeline.weights import copy_layer_blobs, read_npz_weights
 
 

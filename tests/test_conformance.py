@@ -24,8 +24,9 @@ def test_forward_blobs_match_caffe(case):
             _compare("blob", name, net.blobs[name].data, blobs[name])
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if (SHARED / "caffe-reference/forward" / c / "grads.npz").exists()]
-                         or ["<no ../shared>"])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if (SHARED / "caffe-reference/forward" / c / "grads.npz").exists()] or ["<no ../shared>"]
+)
 def test_gradients_match_caffe(case):
     folder = shared_path("caffe-reference", "forward", case)
     meta, net = run_case(folder, backward=True)

@@ -63,8 +63,9 @@ class Layer(nn.Module):
         if not condition:
             raise self.error(message)
 
-    def add_blob(self, attr: str, shape: Shape, filler: caffe_pb2.FillerParameter | None = None,
-                 learnable: bool = True) -> torch.Tensor:
+    def add_blob(
+        self, attr: str, shape: Shape, filler: caffe_pb2.FillerParameter | None = None, learnable: bool = True
+    ) -> torch.Tensor:
         """Create a Caffe blob of `shape` filled by `filler` (constant 0 if None) under attribute `attr`."""
         filler = filler if filler is not None else caffe_pb2.FillerParameter(type="constant")
         data = fill(filler, tuple(shape), generator=self.generator)

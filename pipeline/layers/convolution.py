@@ -36,8 +36,10 @@ class _ConvBase(Layer):
         shape = bottom_shapes[0]
         self.check(len(self.top_names) == len(bottom_shapes), "needs one top per bottom")
         for name, other in zip(self.bottom_names[1:], bottom_shapes[1:]):
-            self.check(other == shape, f"bottom '{name}' {list(other)} must have the shape of "
-                       f"'{self.bottom_names[0]}' {list(shape)}")
+            self.check(
+                other == shape,
+                f"bottom '{name}' {list(other)} must have the shape of '{self.bottom_names[0]}' {list(shape)}",
+            )
         self.axis = canonical_axis(self, p.axis, len(shape))
         n = len(shape) - self.axis - 1
         self.check(n in _CONV, f"{n} spatial axes are not supported (1 to 3 are)")
@@ -49,8 +51,10 @@ class _ConvBase(Layer):
         self.dilation = _spatial(self, p, "dilation", n, 1)
         self.group = p.group
         channels = shape[self.axis]
-        self.check(channels % self.group == 0 and p.num_output % self.group == 0,
-                   f"group {self.group} must divide input channels {channels} and num_output {p.num_output}")
+        self.check(
+            channels % self.group == 0 and p.num_output % self.group == 0,
+            f"group {self.group} must divide input channels {channels} and num_output {p.num_output}",
+        )
         if self.transposed:
             weight_shape = (channels, p.num_output // self.group, *self.kernel)
         else:
@@ -76,8 +80,10 @@ class _ConvBase(Layer):
         return y.reshape(*lead, *y.shape[1:]) if self.axis != 1 else y
 
     def extra_repr(self):
-        return (f"{super().extra_repr()}, weight={list(self.weight.shape)}, kernel={self.kernel}, "
-                f"stride={self.stride}, pad={self.pad}, dilation={self.dilation}, group={self.group}")
+        return (
+            f"{super().extra_repr()}, weight={list(self.weight.shape)}, kernel={self.kernel}, "
+            f"stride={self.stride}, pad={self.pad}, dilation={self.dilation}, group={self.group}"
+        )
 
 
 @register("Convolution")

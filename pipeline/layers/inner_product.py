@@ -32,5 +32,3 @@ class InnerProduct(Layer):
 
     def extra_repr(self):
         return f"{super().extra_repr()}, weight={list(self.weight.shape)}, axis={self.axis}"
-
-

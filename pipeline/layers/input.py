@@ -14,8 +14,10 @@ class Input(Layer):
     def setup(self, bottom_shapes):
         shapes = [tuple(s.dim) for s in self.param.input_param.shape]
         n_tops = len(self.top_names)
-        self.check(len(shapes) in (1, n_tops), f"has {len(shapes)} input_param shapes for {n_tops} tops "
-                   "(give one shape for all tops or one per top)")
+        self.check(
+            len(shapes) in (1, n_tops),
+            f"has {len(shapes)} input_param shapes for {n_tops} tops (give one shape for all tops or one per top)",
+        )
         self.shapes = shapes * n_tops if len(shapes) == 1 else shapes
         return self.shapes
 

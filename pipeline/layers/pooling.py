@@ -36,8 +36,10 @@ class Pooling(Layer):
         self.method = p.pool
         self.global_pooling = p.global_pooling
         if p.global_pooling:
-            self.check(not (p.HasField("kernel_size") or p.HasField("kernel_h")),
-                       "with global_pooling the kernel size cannot be given")
+            self.check(
+                not (p.HasField("kernel_size") or p.HasField("kernel_h")),
+                "with global_pooling the kernel size cannot be given",
+            )
             self.kernel = None
         elif p.HasField("kernel_h") or p.HasField("kernel_w"):
             self.check(not p.HasField("kernel_size"), "give either kernel_size or kernel_h/kernel_w")

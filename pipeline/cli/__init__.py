@@ -1,0 +1,72 @@
+"""The `caffe`-style command line: `python -m pipeline <verb> [flags]`, one module per verb.
+
+Verbs register with `@command("name")` and receive the parsed arguments; errors of ours (PipelineError)
+are printed as one clear line with exit status 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import PipelineError
+
+_COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def command(name: str, help: str):
+    """Decorator for `run(args) -> int`; the function's `add_arguments(parser)` attribute adds its flags."""
+
+    def decorate(run):
+        _COMMANDS[name] = (run, getattr(run, "add_arguments", lambda parser: None), help)
+        return run
+
+    return decorate
+
+
+def _load_commands() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_commands()
+    parser = argparse.ArgumentParser(prog="caffe-pipeline", description="Caffe's command line, on PyTorch.")
+    verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(sorted(_COMMANDS)) + "}")
+    for name in sorted(_COMMANDS):
+        run, add_arguments, help_text = _COMMANDS[name]
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def add_net_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """Flags shared by the verbs that build a net, with Caffe's names."""
+    parser.add_argument("--model", required=model_required, help="net prototxt (may be a Jinja template)")
+    parser.add_argument("--weights", default="", help="comma-separated .caffemodel/.caffemodel.h5 files to load")
+    parser.add_argument("--phase", default=None, choices=["TRAIN", "TEST"], help="network phase")
+    parser.add_argument("--level", type=int, default=0, help="network level")
+    parser.add_argument("--stage", default="", help="comma-separated network stages")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="template variable")
+    parser.add_argument("--gpu", default=None, help="GPU id to run on ('all' = first); CPU when absent")

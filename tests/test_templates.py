@@ -1,0 +1,66 @@
+"""Jinja templates: variables, defaults, loops, includes/macros, strict undefined, sandboxing."""
+
+import pytest
+
+from pipeline.errors import TemplateError
+from pipeline.template import parse_assignments, render_file, render_text
+
+
+def test_plain_prototxt_renders_to_itself():
+    text = 'layer { name: "a" type: "ReLU" bottom: "x" top: "x" }\n'
+    assert render_text(text) == text
+
+
+def test_variables_defaults_and_loops():
+    text = "{% set n = n | default(2) %}{% for i in range(n) %}x{{ i }} {% endfor %}lr={{ lr }}"
+    assert render_text(text, {"lr": 0.1}) == "x0 x1 lr=0.1"
+    assert render_text(text, {"lr": 0.1, "n": 3}) == "x0 x1 x2 lr=0.1"
+
+
+def test_set_assignments_are_typed():
+    values = parse_assignments(["a=3", "b=0.5", "c=true", "d=vgg", "e=[1, 2]"])
+    assert values == {"a": 3, "b": 0.5, "c": True, "d": "vgg", "e": [1, 2]}
+    with pytest.raises(TemplateError, match="name=value"):
+        parse_assignments(["novalue"])
+
+
+def test_undefined_variable_names_it_and_the_line(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "x"\n\nlayer { name: "{{ missing_var }}" }\n')
+    with pytest.raises(TemplateError) as info:
+        render_file(path)
+    message = str(info.value)
+    assert "missing_var" in message and f"{path}:3" in message
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.prototxt"
+    path.write_text("a\nb {% for x in %}\n")
+    with pytest.raises(TemplateError, match=r"bad.prototxt:2"):
+        render_file(path)
+
+
+def test_include_and_macros_beside_the_template(tmp_path):
+    (tmp_path / "blocks.prototxt").write_text(
+        '{% macro conv_relu(name, bottom, n) %}layer { name: "{{ name }}" type: "Convolution" bottom: "{{ bottom }}" '
+        'top: "{{ name }}" convolution_param { num_output: {{ n }} kernel_size: 3 } }\n'
+        'layer { name: "{{ name }}_relu" type: "ReLU" bottom: "{{ name }}" top: "{{ name }}" }\n{% endmacro %}'
+    )
+    (tmp_path / "net.prototxt").write_text(
+        '{% import "blocks.prototxt" as b %}{{ b.conv_relu("conv1", "data", 8) }}'
+        '{{ b.conv_relu("conv2", "conv1", 16) }}'
+    )
+    text = render_file(tmp_path / "net.prototxt")
+    assert text.count('type: "Convolution"') == 2 and 'name: "conv2_relu"' in text
+
+
+def test_sandbox_blocks_unsafe_attribute_access():
+    with pytest.raises(TemplateError, match="unsafe"):
+        render_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+
+
+def test_missing_include_is_a_clear_error(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text('{% include "nowhere.prototxt" %}')
+    with pytest.raises(TemplateError, match="nowhere.prototxt"):
+        render_file(path)
