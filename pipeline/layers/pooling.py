@@ -76,11 +76,31 @@ class Pooling(Layer):
 
     def forward(self, x):
         kernel, out = self.geometry(x.shape[2], x.shape[3])
+        if self.method != P.STOCHASTIC and self._torch_agrees(x.shape[2:], kernel, out):
+            # torch's ceil mode clips windows and AVE divisors exactly as Caffe does, so the native kernels
+            # give Caffe's numbers whenever they give Caffe's output size.
+            if self.method == P.AVE:
+                return F.avg_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True, count_include_pad=True)
+            if len(self.top_names) == 1:
+                return F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True)
+            y, idx = F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=True, return_indices=True)
+            return y, idx.to(x.dtype)
         if self.method == P.MAX:
             return self._max(x, kernel, out)
         if self.method == P.AVE:
             return self._ave(x, kernel, out)
         return self._stochastic(x, kernel, out)
+
+    def _torch_agrees(self, size, kernel, out) -> bool:
+        for n, k, s, p, o in zip(size, kernel, self.stride, self.pad, out):
+            if 2 * p > k:
+                return False
+            torch_out = -(-(n + 2 * p - k) // s) + 1
+            if (torch_out - 1) * s >= n + p:
+                torch_out -= 1
+            if torch_out != o:
+                return False
+        return True
 
     def _max(self, x, kernel, out):
         padded = self._padded(x, kernel, out, float("-inf"))

@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmark scripts: interleaved timing and machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
+def interleaved_median(
+    candidates: dict[str, Callable[[], None]], rounds: int = 15, reps: int = 10, warmup: int = 3
+) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed round-robin so machine drift hits all alike."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples[name].append((time.perf_counter() - start) / reps)
+    return {name: statistics.median(values) for name, values in samples.items()}

@@ -1,0 +1,98 @@
+"""Forward+backward of nets built from prototxt against hand-written nn.Modules with the same weights.
+
+    .venv/bin/python bench/net_overhead.py
+
+Target (issue 2): built / hand-written time ratio at most 1.05 for LeNet and CIFAR10-quick.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import interleaved_median, machine  # noqa: E402
+from pipeline.net import Net  # noqa: E402
+from pipeline.prototxt import read_net  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class HandLeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
+        self.ip1, self.ip2 = nn.Linear(800, 500), nn.Linear(500, 10)
+
+    def forward(self, x, label):
+        x = F.max_pool2d(self.conv1(x), 2, 2)
+        x = F.max_pool2d(self.conv2(x), 2, 2)
+        x = self.ip2(F.relu(self.ip1(x.flatten(1))))
+        return F.cross_entropy(x, label)
+
+
+class HandCifarQuick(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 32, 5, padding=2), nn.Conv2d(32, 32, 5, padding=2)
+        self.conv3 = nn.Conv2d(32, 64, 5, padding=2)
+        self.ip1, self.ip2 = nn.Linear(1024, 64), nn.Linear(64, 10)
+
+    def forward(self, x, label):
+        x = F.relu(F.max_pool2d(self.conv1(x), 3, 2, ceil_mode=True))
+        x = F.avg_pool2d(F.relu(self.conv2(x)), 3, 2, ceil_mode=True)
+        x = F.avg_pool2d(F.relu(self.conv3(x)), 3, 2, ceil_mode=True)
+        return F.cross_entropy(self.ip2(self.ip1(x.flatten(1))), label)
+
+
+def copy_into_hand(net: Net, hand: nn.Module) -> None:
+    with torch.no_grad():
+        for name, blobs in net.params.items():
+            module = getattr(hand, name)
+            module.weight.copy_(blobs[0])
+            module.bias.copy_(blobs[1])
+
+
+def bench(name: str, prototxt: str, hand: nn.Module, batch: int, shape: tuple) -> float:
+    net = Net(read_net(ROOT / prototxt, {"data": "input", "batch": batch}), phase="TRAIN", seed=1)
+    copy_into_hand(net, hand)
+    x = torch.randn(batch, *shape)
+    label = torch.randint(0, 10, (batch,))
+    ours_loss = net(data=x, label=label.float())["loss"]
+    hand_loss = hand(x, label)
+    assert torch.allclose(ours_loss, hand_loss, rtol=1e-4), (float(ours_loss), float(hand_loss))
+
+    def run_ours():
+        net(data=x, label=label.float())
+        net.loss.backward()
+
+    def run_hand():
+        hand(x, label).backward()
+
+    times = interleaved_median({"built": run_ours, "hand": run_hand})
+    ratio = times["built"] / times["hand"]
+    print(
+        f"{name:14s} batch {batch:3d}: built {times['built'] * 1e3:7.2f} ms  hand-written "
+        f"{times['hand'] * 1e3:7.2f} ms  ratio {ratio:.3f}"
+    )
+    return ratio
+
+
+def main() -> int:
+    torch.manual_seed(0)
+    print(f"forward+backward, median of interleaved rounds; {machine()}")
+    ratios = [
+        bench("LeNet", "prototxt/lenet.prototxt", HandLeNet(), 64, (1, 28, 28)),
+        bench("CIFAR10-quick", "prototxt/cifar10_quick.prototxt", HandCifarQuick(), 100, (3, 32, 32)),
+    ]
+    worst = max(ratios)
+    print(f"worst ratio {worst:.3f} (target <= 1.05): {'PASS' if worst <= 1.05 else 'FAIL'}")
+    return 0 if worst <= 1.05 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

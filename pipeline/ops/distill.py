@@ -1,0 +1,127 @@
+"""The fused distillation loss op `torch.ops.caffe_pipeline.distill_loss`, its autograd and fake kernels.
+
+The C++ source (`pipeline/csrc/distill.cpp`) defines the schema, a fused CPU kernel and a composite
+ATen kernel for CUDA; it is compiled once by torch.utils.cpp_extension and cached (TORCH_EXTENSIONS_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import PipelineError
+
+SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "distill.cpp"
+MODES = {"KL": 0, "LOGIT_MATCHING": 1}
+NORMALIZATIONS = {"FULL": 0, "VALID": 1, "BATCH_SIZE": 2, "NONE": 3}
+_lock = threading.Lock()
+_loaded = False
+
+
+def load_library() -> None:
+    """Compile (first time only) and load the op library, registering fake and autograd kernels."""
+    global _loaded
+    if _loaded:  # checked before the lock, so compiled (dynamo-traced) callers see a constant
+        return
+    with _lock:
+        if _loaded:
+            return
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:
+            raise PipelineError(
+                f"the distillation op is C++ and needs a compiler: '{compiler}' was not found "
+                "(install g++, e.g. `apt-get install g++`, or set CXX)"
+            )
+        from torch.utils.cpp_extension import load
+
+        try:
+            load(
+                name="caffe_pipeline_distill",
+                sources=[str(SOURCE)],
+                extra_cflags=["-O3", "-std=c++17", "-ffast-math", "-fopenmp-simd", "-march=native"],
+                is_python_module=False,
+                verbose=False,
+            )
+        except (RuntimeError, OSError, ImportError) as exc:
+            raise PipelineError(f"building the distillation op from {SOURCE} failed: {exc}") from None
+        _register_python_kernels()
+        _loaded = True
+
+
+def _register_python_kernels() -> None:
+    @torch.library.register_fake("caffe_pipeline::distill_loss")
+    def _fake_forward(student, teacher, label, *args):
+        return student.new_empty(())
+
+    @torch.library.register_fake("caffe_pipeline::distill_loss_backward")
+    def _fake_backward(grad, student, teacher, label, *args):
+        return torch.empty_like(student)
+
+    def setup_context(ctx, inputs, output):
+        student, teacher, label, *options = inputs
+        ctx.save_for_backward(student, teacher, label)
+        ctx.options = options
+
+    def backward(ctx, grad):
+        student, teacher, label = ctx.saved_tensors
+        grad_student = None
+        if ctx.needs_input_grad[0]:
+            grad_student = torch.ops.caffe_pipeline.distill_loss_backward(grad, student, teacher, label, *ctx.options)
+        return (grad_student,) + (None,) * (2 + len(ctx.options))
+
+    torch.library.register_autograd("caffe_pipeline::distill_loss", backward, setup_context=setup_context)
+
+
+def distill_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    label: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    mode: str = "KL",
+    teacher_is_prob: bool = False,
+    ignore_label: int | None = None,
+    normalization: str = "VALID",
+    axis: int = 1,
+) -> torch.Tensor:
+    """Distillation loss of student logits against teacher logits (or probabilities), reduced like Caffe.
+
+    `axis` is the class axis; every other position is a row (Caffe's outer x inner). The teacher gets no
+    gradient. `label` (one per row) is needed when alpha < 1 or to skip rows equal to `ignore_label`.
+    """
+    load_library()
+    if student.shape != teacher.shape:
+        raise PipelineError(f"student {list(student.shape)} and teacher {list(teacher.shape)} shapes differ")
+    if temperature <= 0:
+        raise PipelineError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise PipelineError(f"alpha must be in [0, 1], got {alpha}")
+    axis = axis % student.dim()
+    classes = student.shape[axis]
+    batch = student.shape[0] if axis > 0 else 1
+    rows_s = student.movedim(axis, -1).reshape(-1, classes)
+    rows_t = teacher.detach().movedim(axis, -1).reshape(-1, classes)
+    if label is None:
+        label_rows = torch.empty(0, dtype=torch.long, device=student.device)
+    else:
+        label_rows = label.reshape(-1).to(torch.long)
+        if label_rows.numel() != rows_s.shape[0]:
+            raise PipelineError(f"{label_rows.numel()} labels for {rows_s.shape[0]} rows of {classes} classes")
+    return torch.ops.caffe_pipeline.distill_loss(
+        rows_s,
+        rows_t,
+        label_rows,
+        float(temperature),
+        float(alpha),
+        MODES[mode],
+        bool(teacher_is_prob),
+        int(ignore_label) if ignore_label is not None else 0,
+        ignore_label is not None,
+        NORMALIZATIONS[normalization],
+        int(batch),
+    )
