@@ -34,10 +34,10 @@ def main() -> int:
         ours = distill_loss(s, t, label, temperature=T, alpha=ALPHA)
         torch.testing.assert_close(ours, composite(s, t, label), rtol=1e-4, atol=1e-5)
 
-        def run_ours():
+        def run_ours(s=s, t=t, label=label):
             distill_loss(s, t, label, temperature=T, alpha=ALPHA).backward()
 
-        def run_composite():
+        def run_composite(s=s, t=t, label=label):
             composite(s, t, label).backward()
 
         reps = 20 if classes > 100 else 200

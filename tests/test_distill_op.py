@@ -160,7 +160,8 @@ def test_layer_checks_blobs_and_parameters():
             net_from_string(
                 f'layer {{ name: "in" type: "Input" top: "s" top: "t" top: "label" input_param {{ '
                 f"shape {{ {shapes[0]} }} shape {{ {shapes[1]} }} shape {{ dim: 2 }} }} }}\n"
-                f'layer {{ name: "kd" type: "KnowledgeDistillation" bottom: "s" bottom: "t" bottom: "label" top: "loss" '
+                f'layer {{ name: "kd" type: "KnowledgeDistillation" bottom: "s" bottom: "t" bottom: "label" '
+                f'top: "loss" '
                 f"knowledge_distillation_param {{ {kd} }} }}"
             )
         )
