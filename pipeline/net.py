@@ -247,7 +247,9 @@ class Net(nn.Module):
                 tops = self._run(layer, bottoms, i)
             for j, (name, top) in enumerate(zip(layer.top_names, tops)):
                 values[name] = top
-                if self.retain_diffs and name not in first:
+                # Caffe's diff of an in-place chain is the gradient at the earliest value whose layer
+                # back-propagates (an in-place layer that does not leaves its top diff in the blob).
+                if self.retain_diffs and (name not in first or not first[name].requires_grad):
                     first[name] = top
                     if top.requires_grad:
                         top.retain_grad()
