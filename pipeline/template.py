@@ -51,6 +51,7 @@ def render_text(text: str, variables: dict | None = None, path: str = "<string>"
     """Render template text. `path` names the file in errors and is where includes are looked up first."""
     here = Path(path).resolve().parent if path != "<string>" else Path.cwd()
     env = _environment([here, PROJECT_PROTOTXT_DIR])
+    env.globals["embed_net"] = _embed_net_for(path)
     try:
         template = env.from_string(text)
         template.filename = path
@@ -74,6 +75,23 @@ def _template_location(exc: BaseException, path: str) -> tuple[str, object]:
     if frames:
         return frames[-1].filename, frames[-1].lineno
     return path, "?"
+
+
+def _embed_net_for(path: str):
+    def embed_net(
+        template: str,
+        prefix: str = "t_",
+        shared=("data", "label"),
+        freeze: bool = True,
+        drop_sources: bool = True,
+        drop_losses: bool = True,
+        **variables,
+    ) -> str:
+        from pipeline.compose import embed_net_text
+
+        return embed_net_text(template, prefix, shared, freeze, drop_sources, drop_losses, variables, path)
+
+    return embed_net
 
 
 def render_file(path: str | Path, variables: dict | None = None) -> str:

@@ -1,0 +1,102 @@
+"""Composing nets inside templates: `{{ embed_net("lenet.prototxt", prefix="t_") }}`.
+
+A teacher-student prototxt needs the teacher's layers under other names (so two nets with a `conv1` can
+live in one file), without its data and loss layers, and frozen (lr_mult 0). `embed_net` renders another
+template, rewrites it that way and returns its layers as prototxt text.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import text_format
+
+from pipeline.proto import caffe_pb2
+
+SOURCE_TYPES = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "WindowData"}
+SCORE_TYPES = {"Accuracy", "Silence"}
+
+
+def blob_count(layer: caffe_pb2.LayerParameter) -> int:
+    """How many blobs a layer of this type holds (for freezing each with a ParamSpec)."""
+    kind = layer.type
+    if kind in ("Convolution", "Deconvolution"):
+        return 1 + layer.convolution_param.bias_term
+    if kind == "InnerProduct":
+        return 1 + layer.inner_product_param.bias_term
+    if kind == "Embed":
+        return 1 + layer.embed_param.bias_term
+    if kind == "Scale":
+        return 1 + layer.scale_param.bias_term
+    return {"Bias": 1, "PReLU": 1, "BatchNorm": 3, "RNN": 5, "LSTM": 3, "Parameter": 1}.get(kind, 0)
+
+
+def embed_layers(
+    net: caffe_pb2.NetParameter,
+    prefix: str,
+    shared=("data", "label"),
+    drop_sources: bool = True,
+    drop_losses: bool = True,
+    freeze: bool = True,
+    keep_phase_rules: bool = False,
+) -> list[caffe_pb2.LayerParameter]:
+    """The layers of `net` renamed with `prefix` (blobs in `shared` keep their names), optionally frozen."""
+
+    def rename(blob: str) -> str:
+        return blob if blob in shared else prefix + blob
+
+    layers = []
+    for original in net.layer:
+        if drop_sources and original.type in SOURCE_TYPES:
+            continue
+        if drop_losses and (original.type.endswith("Loss") or original.type in SCORE_TYPES):
+            continue
+        layer = caffe_pb2.LayerParameter()
+        layer.CopyFrom(original)
+        layer.name = prefix + layer.name
+        layer.bottom[:] = [rename(b) for b in layer.bottom]
+        layer.top[:] = [rename(t) for t in layer.top]
+        for spec in layer.param:
+            if spec.name:
+                spec.name = prefix + spec.name
+        if freeze:
+            del layer.param[:]
+            for _ in range(blob_count(layer)):
+                layer.param.add(lr_mult=0, decay_mult=0)
+        if not keep_phase_rules:
+            del layer.include[:]
+            del layer.exclude[:]
+        layers.append(layer)
+    return layers
+
+
+def embed_net_text(
+    template: str,
+    prefix: str = "t_",
+    shared=("data", "label"),
+    freeze: bool = True,
+    drop_sources: bool = True,
+    drop_losses: bool = True,
+    variables: dict | None = None,
+    search_from: str = "<string>",
+    keep_phase_rules: bool | None = None,
+) -> str:
+    """Render and parse `template` (found beside the including file or in prototxt/), return its layers."""
+    from pathlib import Path
+
+    from pipeline.prototxt import parse_text
+    from pipeline.template import PROJECT_PROTOTXT_DIR, render_file
+    from pipeline.upgrade import upgrade_net
+
+    here = Path(search_from).resolve().parent if search_from != "<string>" else Path.cwd()
+    path = next((d / template for d in (here, PROJECT_PROTOTXT_DIR) if (d / template).exists()), None)
+    if path is None:
+        from pipeline.errors import TemplateError
+
+        raise TemplateError(f"embed_net: template '{template}' not found beside {search_from} or in prototxt/")
+    net = upgrade_net(parse_text(render_file(path, variables or {}), caffe_pb2.NetParameter(), str(path)), str(path))
+    keep = not drop_sources if keep_phase_rules is None else keep_phase_rules
+    layers = embed_layers(net, prefix, tuple(shared), drop_sources, drop_losses, freeze, keep)
+    return "".join("layer {\n" + _indent(text_format.MessageToString(layer)) + "}\n" for layer in layers)
+
+
+def _indent(text: str) -> str:
+    return "".join("  " + line + "\n" for line in text.splitlines())
