@@ -9,7 +9,7 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _spatial(layer, p, field: str, n: int, default: int) -> tuple[int, ...]:
+def spatial_param(layer, p, field: str, n: int, default: int) -> tuple[int, ...]:
     """Caffe's repeated field: none -> default, one value -> every axis, n values -> one per axis.
 
     The `_h`/`_w` forms (2-D only) win over the repeated field.
@@ -44,11 +44,11 @@ class _ConvBase(Layer):
         n = len(shape) - self.axis - 1
         self.check(n in _CONV, f"{n} spatial axes are not supported (1 to 3 are)")
         self.check(p.num_output > 0, "convolution_param.num_output must be set and positive")
-        self.kernel = _spatial(self, p, "kernel_size", n, 0)
+        self.kernel = spatial_param(self, p, "kernel_size", n, 0)
         self.check(all(k > 0 for k in self.kernel), "kernel size must be given and positive")
-        self.stride = _spatial(self, p, "stride", n, 1)
-        self.pad = _spatial(self, p, "pad", n, 0)
-        self.dilation = _spatial(self, p, "dilation", n, 1)
+        self.stride = spatial_param(self, p, "stride", n, 1)
+        self.pad = spatial_param(self, p, "pad", n, 0)
+        self.dilation = spatial_param(self, p, "dilation", n, 1)
         self.group = p.group
         channels = shape[self.axis]
         self.check(
