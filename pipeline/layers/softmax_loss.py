@@ -1,0 +1,79 @@
+"""SoftmaxWithLoss: softmax over `softmax_param.axis`, then the mean negative log-likelihood of the labels.
+
+loss = -sum over counted positions of log(max(p[label], FLT_MIN)) / normalizer, where the normalizer follows
+loss_param (default VALID: the number of labels that are not ignore_label; never below 1). Caffe's gradient is
+(p - onehot(label)) / normalizer, 0 at ignored positions, and the label bottom gets none.
+
+The optional second top is the probabilities. (Caffe 1.0 itself cannot build this layer with two tops: the
+internal Softmax inherits the two loss weights. We allow it.) As in Caffe's backward, a gradient arriving at
+the probability top is not propagated: only the loss top back-propagates.
+"""
+
+import torch
+
+from pipeline.layers.base import Layer, canonical_axis
+from pipeline.layers.loss_common import (
+    FLT_MIN,
+    check_label_count,
+    check_same_first_dim,
+    class_labels,
+    ignore_label,
+    normalization_mode,
+    normalizer,
+)
+from pipeline.layers.registry import register
+
+
+class SoftmaxTargetLoss(torch.autograd.Function):
+    """-sum(w * log(max(softmax(x), threshold))) / normalizer over scores x shaped (outer, C, inner).
+
+    `w` holds per-position target weights along the class axis (a one-hot label, or an infogain row), zero at
+    ignored positions. Caffe's backward, (p * sum(w) - w) / normalizer, is the derivative of this loss except
+    where the clip is active; a custom backward keeps Caffe's formula there too and saves the autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, weights, norm, threshold):
+        prob = torch.softmax(scores, 1)
+        loss = -(weights * prob.clamp_min(threshold).log()).sum() / norm
+        ctx.save_for_backward(prob, weights, norm)
+        ctx.mark_non_differentiable(prob)
+        return loss, prob
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_prob):
+        prob, weights, norm = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = (prob * weights.sum(1, keepdim=True) - weights) * (grad_loss / norm)
+        return grad, None, None, None
+
+
+@register("SoftmaxWithLoss")
+class SoftmaxWithLoss(Layer):
+    num_bottoms = (2, 2)
+    num_tops = (1, 2)
+
+    def setup(self, bottom_shapes):
+        scores, labels = bottom_shapes
+        check_same_first_dim(self, bottom_shapes)
+        self.axis = canonical_axis(self, self.param.softmax_param.axis, len(scores))
+        check_label_count(self, scores, labels, self.axis)
+        self.ignore_label = ignore_label(self)
+        self.normalization = normalization_mode(self)
+        return [()] + [tuple(scores)] * (len(self.top_names) - 1)
+
+    def forward(self, scores, labels):
+        num_classes = scores.shape[self.axis]
+        outer, inner = check_label_count(self, tuple(scores.shape), tuple(labels.shape), self.axis)
+        lab, valid = class_labels(self, labels, num_classes, self.ignore_label)
+        x = scores.reshape(outer, num_classes, inner)
+        onehot = torch.zeros_like(x).scatter_(1, lab.view(outer, 1, inner), valid.view(outer, 1, inner).to(x.dtype))
+        norm = normalizer(self.normalization, outer, inner, valid.sum(), x)
+        loss, prob = SoftmaxTargetLoss.apply(x, onehot, norm, FLT_MIN)
+        if len(self.top_names) == 1:
+            return loss
+        return loss, prob.reshape(scores.shape)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, axis={self.axis}, ignore_label={self.ignore_label}"
