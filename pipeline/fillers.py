@@ -28,13 +28,39 @@ def register_filler(name: str):
 
 
 def fill(param: caffe_pb2.FillerParameter, shape: tuple, generator: torch.Generator | None = None) -> torch.Tensor:
-    try:
-        filler = _FILLERS[param.type]
-    except KeyError:
-        raise NetBuildError(
-            f"unknown filler type '{param.type}'. Known fillers: {', '.join(sorted(_FILLERS))}"
-        ) from None
-    return filler(param, tuple(int(d) for d in shape), generator).to(torch.float32)
+    shape = tuple(int(d) for d in shape)
+    check_filler(param, shape)
+    return _FILLERS[param.type](param, shape, generator).to(torch.float32)
+
+
+def check_filler(param: caffe_pb2.FillerParameter, shape: tuple) -> None:
+    """Raise the errors Caffe's filler would abort with on this blob shape, without drawing any numbers."""
+    kind = param.type
+    if kind not in _FILLERS:
+        raise NetBuildError(f"unknown filler type '{kind}'. Known fillers: {', '.join(sorted(_FILLERS))}")
+    where = f"filler '{kind}' on a blob of shape {list(shape)}"
+    if kind == "gaussian":
+        if param.sparse < -1:
+            raise NetBuildError(f"{where}: sparse must be >= -1, got {param.sparse}")
+        if param.sparse >= 0 and (not shape or param.sparse > shape[0]):
+            raise NetBuildError(
+                f"{where}: sparse {param.sparse} needs at least that many outputs (axis 0): "
+                "the keep probability sparse / num_outputs must be <= 1"
+            )
+        if not param.std > 0:
+            raise NetBuildError(f"{where}: std must be > 0, got {param.std}")
+    elif param.sparse != -1:
+        raise NetBuildError(f"{where}: sparsity (sparse: {param.sparse}) is supported by the gaussian filler only")
+    if kind == "uniform" and not param.min <= param.max:
+        raise NetBuildError(f"{where}: min {param.min} must be <= max {param.max}")
+    if kind == "bilinear":
+        if len(shape) != 4 or shape[2] != shape[3]:
+            raise NetBuildError(f"{where}: needs a 4-D blob with square kernels (height == width)")
+    elif _count(shape) == 0:
+        raise NetBuildError(f"{where}: cannot fill an empty blob")
+    # Caffe reads the fans (and positive_unitball's rows) through its legacy 4-D accessors.
+    if kind in ("xavier", "msra", "positive_unitball") and len(shape) > 4:
+        raise NetBuildError(f"{where}: Caffe's {kind} filler works on blobs of at most 4 axes")
 
 
 def _count(shape: tuple) -> int:
@@ -77,8 +103,6 @@ def gaussian(param, shape, generator):
     data = torch.empty(shape, dtype=torch.float64).normal_(param.mean, param.std, generator=generator)
     if param.sparse >= 0:
         # Caffe keeps each weight with probability sparse / num_outputs, so each output sees ~sparse inputs.
-        if not shape:
-            raise NetBuildError("sparse gaussian filler needs a blob with at least one axis")
         keep = param.sparse / shape[0]
         mask = torch.empty(shape, dtype=torch.float64).bernoulli_(keep, generator=generator)
         data *= mask
@@ -108,8 +132,6 @@ def msra(param, shape, generator):
 @register_filler("bilinear")
 def bilinear(param, shape, generator):
     # The upsampling kernel FCN uses for Deconvolution: every (out, in) slice gets the same 2-D kernel.
-    if len(shape) != 4 or shape[2] != shape[3]:
-        raise NetBuildError(f"bilinear filler needs a 4-D blob with square kernels, got shape {list(shape)}")
     size = shape[3]
     f = math.ceil(size / 2.0)
     c = (2 * f - 1 - f % 2) / (2.0 * f)
