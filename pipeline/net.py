@@ -107,6 +107,7 @@ class Net(nn.Module):
         self._share_params()
         self.learnable_params = self._collect_learnable()
         self._plan_backward()
+        self._plan_soft_target_caches()
 
     # ----- building ----------------------------------------------------------------------------------
     def _append_layer(self, layer_param: caffe_pb2.LayerParameter, generator: torch.Generator) -> None:
@@ -209,6 +210,20 @@ class Net(nn.Module):
         self.output_names = [b for b in self.blob_shapes if b not in consumed]
         self.input_names = [t for layer in self.layers if layer.is_source for t in layer.top_names]
 
+    def _plan_soft_target_caches(self) -> None:
+        from pipeline.soft_targets import SoftTargetCache
+
+        self.soft_target_caches = []
+        self._cache_of_layer: dict[int, SoftTargetCache] = {}
+        if self.phase != TRAIN:
+            return
+        for layer in self.layers:
+            kd = layer.param.knowledge_distillation_param
+            if layer.type_name == "KnowledgeDistillation" and kd.cache_teacher:
+                cache = SoftTargetCache(self, layer.bottom_names[1])
+                self.soft_target_caches.append(cache)
+                self._cache_of_layer.update(dict.fromkeys(cache.layers, cache))
+
     # ----- pycaffe-style access ----------------------------------------------------------------------
     @property
     def blobs(self) -> OrderedDict[str, Blob]:
@@ -236,7 +251,17 @@ class Net(nn.Module):
         first: dict[str, torch.Tensor] = {}
         loss = None
         force = self.force_backward and torch.is_grad_enabled()
+        served: set[int] = set()
         for i, layer in enumerate(self.layers):
+            cache = self._cache_of_layer.get(i)
+            if cache is not None:
+                if i == cache.first_layer:
+                    cached = cache.lookup(values)
+                    if cached is not None:
+                        values[cache.blob] = cached
+                        served.add(id(cache))
+                if id(cache) in served:
+                    continue
             if layer.is_source:
                 tops = self._source_tops(layer, feeds, force)
             else:
@@ -257,6 +282,9 @@ class Net(nn.Module):
                 if weight:
                     term = top.sum() * weight if weight != 1 else top.sum()
                     loss = term if loss is None else loss + term
+        for cache in self.soft_target_caches:
+            if id(cache) not in served:
+                cache.remember(values[cache.blob])
         self._values, self._first_values = values, first
         self.loss = loss
         return {name: values[name] for name in self.output_names}

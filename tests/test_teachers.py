@@ -108,3 +108,28 @@ def test_hint_gradients():
     check_layer_gradients(
         'type: "HintLoss" hint_param { bias_term: true }', {"s": (2, 3, 2, 2), "t": (2, 4, 2, 2)}, wrt=["s"]
     )
+
+
+def test_soft_target_cache_skips_the_teacher_on_known_samples():
+    net = teacher_student(cache_teacher=True)
+    cache = net.soft_target_caches[0]
+    calls = []
+    net.layer("t_conv1").register_forward_hook(lambda *args: calls.append(1))
+    x, y = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,)).float()
+    first = net(data=x, label=y)["loss"]
+    again = net(data=x, label=y)["loss"]
+    assert len(calls) == 1 and cache.hits == 1 and len(cache.rows) == 100
+    torch.testing.assert_close(again, first, rtol=1e-3, atol=1e-4)
+    again.backward()
+    assert net.layer("fc1").weight.grad is not None
+    shuffled = torch.randperm(100)
+    torch.testing.assert_close(net(data=x[shuffled], label=y[shuffled])["loss"], first, rtol=1e-3, atol=1e-4)
+    net(data=torch.randn(100, 1, 28, 28), label=y)
+    assert len(calls) == 2 and cache.misses == 2
+
+
+def test_soft_target_cache_refuses_a_random_teacher():
+    with pytest.raises(NetBuildError, match=r"cache_teacher.*Dropout"):
+        teacher_student(
+            cache_teacher=True, teacher="mlp.prototxt", teacher_logits="logits", teacher_vars={"dropout": 0.5}
+        )
