@@ -52,6 +52,7 @@ def render_text(text: str, variables: dict | None = None, path: str = "<string>"
     here = Path(path).resolve().parent if path != "<string>" else Path.cwd()
     env = _environment([here, PROJECT_PROTOTXT_DIR])
     env.globals["embed_net"] = _embed_net_for(path)
+    env.globals["fail"] = _fail
     try:
         template = env.from_string(text)
         template.filename = path
@@ -67,6 +68,14 @@ def render_text(text: str, variables: dict | None = None, path: str = "<string>"
         raise TemplateError(f"{file}:{line}: undefined template variable: {exc.message}{hint}") from None
     except jinja2.exceptions.SecurityError as exc:
         raise TemplateError(f"{path}: template did something unsafe: {exc}") from None
+    except TemplateError as exc:
+        if str(exc).startswith(("/", path)):
+            raise
+        file, line = _template_location(exc, path)
+        raise TemplateError(f"{file}:{line}: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError, KeyError, IndexError, AttributeError) as exc:
+        file, line = _template_location(exc, path)
+        raise TemplateError(f"{file}:{line}: {type(exc).__name__}: {exc}") from None
 
 
 def _template_location(exc: BaseException, path: str) -> tuple[str, object]:
@@ -75,6 +84,11 @@ def _template_location(exc: BaseException, path: str) -> tuple[str, object]:
     if frames:
         return frames[-1].filename, frames[-1].lineno
     return path, "?"
+
+
+def _fail(message: str):
+    """`{{ fail("data must be lmdb, dummy, hdf5 or input") }}`: a template's own error, with its line."""
+    raise TemplateError(message)
 
 
 def _embed_net_for(path: str):

@@ -64,3 +64,17 @@ def test_missing_include_is_a_clear_error(tmp_path):
     path.write_text('{% include "nowhere.prototxt" %}')
     with pytest.raises(TemplateError, match="nowhere.prototxt"):
         render_file(path)
+
+
+def test_errors_while_evaluating_name_the_line(tmp_path):
+    path = tmp_path / "calc.prototxt"
+    path.write_text('name: "x"\nbatch: {{ 1 / 0 }}\n')
+    with pytest.raises(TemplateError, match=r"calc.prototxt:2: ZeroDivisionError"):
+        render_file(path)
+
+
+def test_fail_global_reports_the_templates_own_message(tmp_path):
+    path = tmp_path / "choice.prototxt"
+    path.write_text('{% if data not in ("lmdb", "dummy") %}{{ fail("data must be lmdb or dummy") }}{% endif %}\n')
+    with pytest.raises(TemplateError, match=r"choice.prototxt:1: data must be lmdb or dummy"):
+        render_file(path, {"data": "csv"})
