@@ -13,11 +13,14 @@ SET     ?=
 ITERS   ?= 50
 MODEL   ?=
 
-.PHONY: setup proto test lint format train data clean bench
+.PHONY: setup proto test lint format train data clean bench plot time
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# graphviz draws nets (tools/draw_net.py); best effort, the drawing tests skip without it.
+	@command -v dot >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) ) || true
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
@@ -38,6 +41,10 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -n 2 tests
+
+LOG ?=
+plot: $(STAMP)
+	$(PY) tools/plot_training_log.py $(LOG) -o $(basename $(firstword $(LOG))).png -o $(basename $(firstword $(LOG))).svg
 
 time: $(STAMP)
 	$(PY) -m pipeline.cli time --model $(MODEL) --iterations $(ITERS)

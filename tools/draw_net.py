@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""Caffe's python/draw_net.py, redone: a net prototxt (or Jinja template) drawn with graphviz.
+
+Usage: tools/draw_net.py NET OUT.png|svg|pdf|dot [--rankdir LR|TB] [--phase TRAIN|TEST|ALL] [--set k=v ...]
+Exit status: 0 drawn, 2 the net does not parse, 3 graphviz's `dot` is missing (the .dot file is written).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.viz.cli import draw_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(draw_main())

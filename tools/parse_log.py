@@ -1,0 +1,17 @@
+#!/usr/bin/env python3
+"""Caffe's tools/extra/parse_log.py, robust: a training log (Caffe's or ours) to CSV/JSON tables.
+
+Usage: tools/parse_log.py LOG OUTDIR [--json] [--compat bvlc] [--delimiter ,]
+Writes OUTDIR/<log name>.train and .test (BVLC's names) and, with --json, <log name>.json.
+Exit status: 0 written (warnings on stderr), 1 nothing to tabulate (empty or foreign file), 2 usage or unreadable.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.viz.cli import parse_log_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(parse_log_main())
