@@ -1,20 +1,46 @@
-"""Upgrading deprecated nets to the current (V2 `layer`) format, as Caffe's upgrade_proto.cpp does on read."""
+"""Upgrading deprecated nets to the current (V2 `layer`) format, as Caffe's upgrade_proto.cpp does on read.
+
+`upgrade_net` runs Caffe's UpgradeNetAsNeeded steps in its order: V0 -> V1, old data-transformation fields,
+V1 -> V2 (all three in pipeline/upgrade_v1.py), net `input` fields -> an Input layer, BatchNorm layers that
+still declare their three ParamSpecs. `upgrade_net_proto_text` / `upgrade_net_proto_binary` are Caffe's
+tools of the same names (tools/upgrade_net_proto_*.py run them).
+"""
 
 from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from google.protobuf import text_format
 
 from pipeline.errors import PrototxtError
 from pipeline.proto import caffe_pb2
 
+log = logging.getLogger("pipeline")
+
 
 def upgrade_net(net: caffe_pb2.NetParameter, path: str = "<net>") -> caffe_pb2.NetParameter:
-    if net.layers:
-        from pipeline.upgrade_v1 import upgrade_v1_net
+    """The net in the current format (the same object when nothing needed upgrading); PrototxtError naming
+    the file and layer when it cannot be upgraded completely."""
+    try:
+        if net.layers:
+            from pipeline.upgrade_v1 import upgrade_v1_net
 
-        net = upgrade_v1_net(net, path)
-    if net.input:
-        net = upgrade_input_fields(net, path)
-    _recover_master_swish(net)
+            net = upgrade_v1_net(net, path)
+        if net.input:
+            net = upgrade_input_fields(net, path)
+        if net_needs_batchnorm_upgrade(net):
+            upgrade_batchnorm(net)
+        _recover_master_swish(net)
+    except (ValueError, TypeError, UnicodeError) as exc:  # e.g. names that are not UTF-8 in a binary file
+        raise PrototxtError(f"cannot upgrade this net: {exc}", path) from None
     return net
+
+
+def net_needs_upgrade(net: caffe_pb2.NetParameter) -> bool:
+    """Caffe's NetNeedsUpgrade: V0 or V1 layers, net `input` fields, or old-style BatchNorm ParamSpecs."""
+    return bool(net.layers) or bool(net.input) or net_needs_batchnorm_upgrade(net)
 
 
 def _recover_master_swish(net: caffe_pb2.NetParameter) -> None:
@@ -31,25 +57,108 @@ def _recover_master_swish(net: caffe_pb2.NetParameter) -> None:
 
 
 def upgrade_input_fields(net: caffe_pb2.NetParameter, path: str) -> caffe_pb2.NetParameter:
-    """`input:` + `input_shape`/`input_dim` become a leading Input layer (Caffe's UpgradeNetInput)."""
+    """`input:` + `input_shape`/`input_dim` become a leading Input layer (Caffe's UpgradeNetInput).
+
+    Without any shape the inputs are just dropped: that is a legacy caffemodel, whose `input` named the blob
+    of the deploy net it came from. `input_shape` wins over `input_dim` when both are given.
+    """
     names = list(net.input)
-    shapes = [list(s.dim) for s in net.input_shape]
-    dims = list(net.input_dim)
-    if not shapes and dims:
-        if len(dims) != 4 * len(names):
-            raise PrototxtError(f"{len(dims)} input_dim values for {len(names)} inputs: need 4 per input", path)
-        shapes = [dims[4 * i : 4 * i + 4] for i in range(len(names))]
-    if len(shapes) not in (0, len(names)):
-        raise PrototxtError(f"{len(shapes)} input_shape entries for {len(names)} inputs", path)
     upgraded = caffe_pb2.NetParameter()
     upgraded.CopyFrom(net)
-    del upgraded.layer[:]
     upgraded.ClearField("input")
     upgraded.ClearField("input_shape")
     upgraded.ClearField("input_dim")
+    if net.input_shape:
+        if len(net.input_shape) < len(names):
+            raise PrototxtError(
+                f"{len(net.input_shape)} input_shape entries for {len(names)} inputs "
+                f"({', '.join(names)}): need one per input",
+                path,
+            )
+        shapes = [list(s.dim) for s in net.input_shape[: len(names)]]
+    elif net.input_dim:
+        dims = list(net.input_dim)
+        if len(dims) < 4 * len(names):
+            raise PrototxtError(
+                f"{len(dims)} input_dim values for {len(names)} inputs ({', '.join(names)}): "
+                "need 4 (num, channels, height, width) per input",
+                path,
+            )
+        shapes = [dims[4 * i : 4 * i + 4] for i in range(len(names))]
+    else:
+        return upgraded
+    del upgraded.layer[:]
     layer = upgraded.layer.add(name="input", type="Input")
     layer.top.extend(names)
     for shape in shapes:
         layer.input_param.shape.add().dim.extend(shape)
     upgraded.layer.extend(net.layer)
     return upgraded
+
+
+def net_needs_batchnorm_upgrade(net: caffe_pb2.NetParameter) -> bool:
+    return any(layer.type == "BatchNorm" and len(layer.param) == 3 for layer in net.layer)
+
+
+def upgrade_batchnorm(net: caffe_pb2.NetParameter) -> None:
+    """Caffe's UpgradeNetBatchNorm: BatchNorm's statistics are not learned, whatever its three ParamSpecs say
+    (names and share modes are kept)."""
+    for layer in net.layer:
+        if layer.type == "BatchNorm" and len(layer.param) == 3:
+            for spec in layer.param:
+                spec.lr_mult = 0.0
+                spec.decay_mult = 0.0
+
+
+# ----- the upgrade tools -----------------------------------------------------------------------------------
+_WHOLE_FLOAT = re.compile(r"^(\s*\w+: -?\d+)\.0$", re.MULTILINE)
+
+
+def net_to_text(net: caffe_pb2.NetParameter) -> str:
+    """Text format as Caffe's WriteProtoToTextFile prints it (whole floats without ".0": `lr_mult: 1`)."""
+    return _WHOLE_FLOAT.sub(r"\1", text_format.MessageToString(net))
+
+
+def upgrade_net_proto_text(source: str | Path, destination: str | Path) -> bool:
+    """Caffe's upgrade_net_proto_text: write `source` (a net prototxt) upgraded to V2 as text.
+
+    Returns whether anything needed upgrading (the file is written either way, as Caffe's tool does).
+    Raises PrototxtError when the file does not parse or cannot be fully upgraded.
+    """
+    from pipeline.fileio import atomic_write
+    from pipeline.prototxt import parse_text, read_text
+    from pipeline.upgrade_v1 import net_needs_data_upgrade, upgrade_data_transformation
+
+    net = parse_text(read_text(source), caffe_pb2.NetParameter(), str(source))
+    needed = net_needs_upgrade(net)
+    needs_data_upgrade = net_needs_data_upgrade(net)
+    if needed:
+        net = upgrade_net(net, str(source))
+    else:
+        log.warning("File already in latest proto format: %s", source)
+    if needs_data_upgrade:
+        net = upgrade_data_transformation(net)
+    atomic_write(destination, net_to_text(net).encode("utf-8"))
+    log.info("Wrote upgraded NetParameter text proto to %s", destination)
+    return needed
+
+
+def upgrade_net_proto_binary(source: str | Path, destination: str | Path) -> bool:
+    """Caffe's upgrade_net_proto_binary: a binary NetParameter (a caffemodel) rewritten as V2, blobs unchanged.
+
+    Returns whether anything needed upgrading. Raises WeightsError when the file cannot be read or upgraded.
+    """
+    from pipeline.caffemodel_io import parse_caffemodel, upgrade_caffemodel
+    from pipeline.fileio import atomic_write
+
+    net = parse_caffemodel(source)
+    needed = net_needs_upgrade(net)
+    if needed:
+        net = upgrade_caffemodel(net, source)
+    else:
+        log.warning("File already in latest proto format: %s", source)
+    data = net.SerializeToString()
+    del net
+    atomic_write(destination, data)
+    log.info("Wrote upgraded NetParameter binary proto to %s", destination)
+    return needed

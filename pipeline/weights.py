@@ -1,14 +1,17 @@
-"""Weights in and out: .caffemodel (binary NetParameter), .caffemodel.h5 (Caffe's HDF5 layout), .npz.
+"""Weights in and out: .caffemodel (binary NetParameter), .caffemodel.h5 (Caffe's HDF5 layout), .npz, and
+.binaryproto means.
 
 Copying follows Caffe's Net::CopyTrainedLayersFrom: by layer name; a file layer the net lacks is reported
-and skipped; a blob count or shape mismatch is an error naming the layer.
+and skipped; a blob count or shape mismatch is an error naming the file, layer and blob. Binary caffemodels
+are streamed (pipeline/caffemodel_io.py): the floats go from the file into the net's tensors one blob at a
+time. Writing follows Net::ToProto / Net::ToHDF5. Every failure is a WeightsError naming the file; no reader
+unpickles anything.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +19,37 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from pipeline.blobs import array_to_blob, blob_shape, blob_to_array, shapes_match
+from pipeline.blobs import BlobRef, array_to_blob, blob_shape, blob_to_array, has_legacy_shape, shape_equals
+from pipeline.caffemodel_io import (
+    parse_caffemodel,
+    read_caffemodel,
+    scan_caffemodel,
+    upgrade_caffemodel,
+    write_caffemodel,
+)
 from pipeline.errors import WeightsError
+from pipeline.fileio import atomic_write, atomic_writer
 from pipeline.proto import caffe_pb2
+from pipeline.weights_h5 import H5Blob, H5Layer, open_hdf5_layers, read_hdf5_weights, write_hdf5
+
+__all__ = [
+    "CopyReport",
+    "atomic_write",
+    "atomic_writer",
+    "copy_layer_blobs",
+    "copy_weights",
+    "layer_arrays_from_caffemodel",
+    "net_to_proto",
+    "parse_caffemodel",
+    "read_caffemodel",
+    "read_caffemodel_blobs",
+    "read_hdf5_weights",
+    "read_mean",
+    "read_npz_weights",
+    "save_caffemodel",
+    "save_caffemodel_h5",
+    "upgrade_caffemodel",
+]
 
 log = logging.getLogger("pipeline")
 
@@ -30,75 +61,114 @@ class CopyReport:
     missing: list[str] = field(default_factory=list)  # in the net with blobs, not in the file
 
 
-def read_caffemodel(path: str | Path) -> caffe_pb2.NetParameter:
-    """Parse a binary .caffemodel (V0/V1 files are upgraded to V2 layers)."""
-    from pipeline.upgrade import upgrade_net
+# ----- reading ---------------------------------------------------------------------------------------------
+def read_caffemodel_blobs(path: str | Path) -> list[tuple[str, list[BlobRef]]]:
+    """Each layer's (name, blobs) with the floats left in the file until copied (see BlobRef)."""
+    return scan_caffemodel(path)
 
-    path = Path(path)
+
+def layer_arrays_from_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Every layer that has blobs: its blobs as float32 arrays in their stored shapes."""
+    result = {}
+    for name, blobs in scan_caffemodel(path):
+        if blobs:
+            result[name] = [_read_array(path, name, i, blob) for i, blob in enumerate(blobs)]
+    return result
+
+
+def _read_array(origin, name: str, index: int, blob) -> np.ndarray:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read: {exc.strerror}") from None
-    if not data:
-        raise WeightsError(f"{path}: empty file, not a caffemodel")
-    net = caffe_pb2.NetParameter()
-    try:
-        net.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise WeightsError(f"{path}: not a valid caffemodel (binary NetParameter): {exc}") from None
-    del data
-    if not (net.layer or net.layers):
-        raise WeightsError(f"{path}: no layers found: not a caffemodel (truncated, or another file type?)")
-    return upgrade_net(net, str(path))
-
-
-def layer_arrays_from_caffemodel(path: str | Path) -> dict[str, list]:
-    net = read_caffemodel(path)
-    return {layer.name: list(layer.blobs) for layer in net.layer if layer.blobs}
-
-
-def read_hdf5_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise WeightsError(f"{path}: HDF5 file has no 'data' group: not a Caffe .caffemodel.h5")
-            result = {}
-            for layer, group in f["data"].items():
-                keys = sorted(group.keys(), key=int)
-                result[layer] = [np.asarray(group[k], dtype=np.float32) for k in keys]
-            return result
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read HDF5 weights: {exc}") from None
+        return blob.read() if not isinstance(blob, caffe_pb2.BlobProto) else blob_to_array(blob)
+    except (ValueError, OSError) as exc:
+        raise WeightsError(f"{origin}: layer '{name}' blob {index}: {exc}") from None
 
 
 def read_npz_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
-    with np.load(path, allow_pickle=False) as npz:
-        grouped: dict[str, dict[int, np.ndarray]] = {}
-        for key in npz.files:
-            layer, _, index = key.rpartition("/")
-            grouped.setdefault(layer, {})[int(index)] = npz[key]
-    return {layer: [blobs[i] for i in sorted(blobs)] for layer, blobs in grouped.items()}
+    """Arrays keyed "<layer>/<index>" (the reference weights.npz layout; layer names may contain '/')."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            grouped: dict[str, dict[int, np.ndarray]] = {}
+            for key in npz.files:
+                layer, _, index = key.rpartition("/")
+                if not layer or not index.isdigit():
+                    raise WeightsError(f"{path}: key '{key}' is not '<layer>/<blob index>'")
+                grouped.setdefault(layer, {})[int(index)] = npz[key]
+    except WeightsError:
+        raise
+    except Exception as exc:  # np.load raises OSError, ValueError, BadZipFile, EOFError... on a bad file
+        raise WeightsError(f"{path}: not a readable .npz of weights: {exc}") from None
+    result = {}
+    for layer, blobs in grouped.items():
+        if sorted(blobs) != list(range(len(blobs))):
+            raise WeightsError(f"{path}: layer '{layer}': blob indices {sorted(blobs)} are not 0..{len(blobs) - 1}")
+        result[layer] = [blobs[i] for i in range(len(blobs))]
+    return result
 
 
-def copy_weights(net, path: str | Path, rename: dict[str, str] | None = None) -> CopyReport:
-    """Fill `net`'s layer blobs from a weights file by layer name (`rename` maps file names to net names)."""
+def read_mean(path: str | Path) -> np.ndarray:
+    """A mean image: Caffe's .binaryproto (a BlobProto; shape (1, C, H, W) for the usual legacy dims) or .npy."""
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".caffemodel.h5") else path.suffix
-    if suffix in (".h5", ".caffemodel.h5"):
-        source = read_hdf5_weights(path)
-    elif suffix == ".npz":
-        source = read_npz_weights(path)
-    else:
-        source = layer_arrays_from_caffemodel(path)
-    return copy_layer_blobs(net, source, str(path), rename)
+    if path.suffix == ".npy":
+        try:
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        except Exception as exc:
+            raise WeightsError(f"{path}: not a readable .npy mean: {exc}") from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read mean file: {exc.strerror or exc}") from None
+    if not data:
+        raise WeightsError(f"{path}: empty file, not a mean .binaryproto")
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(data)
+        del data
+        if not (len(blob.data) or len(blob.double_data)):
+            raise WeightsError(f"{path}: not a mean .binaryproto: the BlobProto holds no values")
+        array = blob_to_array(blob)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a valid mean .binaryproto (BlobProto): {exc}") from None
+    return array
 
 
-def copy_layer_blobs(net, source: dict[str, list], origin: str, rename: dict[str, str] | None = None) -> CopyReport:
+# ----- copying into a net ----------------------------------------------------------------------------------
+def copy_weights(net, path: str | Path, rename: dict[str, str] | None = None) -> CopyReport:
+    """Fill `net`'s layer blobs from a weights file by layer name (`rename` maps file names to net names).
+
+    .caffemodel.h5/.h5: Caffe's HDF5 layout; .npz: "<layer>/<i>" arrays; anything else: a binary caffemodel.
+    """
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5"):
+        with open_hdf5_layers(path) as layers:
+            return copy_layer_blobs(net, layers, str(path), rename)
+    if path.suffix == ".npz":
+        return copy_layer_blobs(net, read_npz_weights(path), str(path), rename)
+    return copy_layer_blobs(net, scan_caffemodel(path), str(path), rename)
+
+
+def shared_non_owners(net) -> set[tuple[str, int]]:
+    """(layer, blob index) of blobs that share an earlier layer's blob by ParamSpec name (Caffe's param_owners_)."""
+    seen, result = set(), set()
+    for layer in net.layers:
+        for index in range(len(layer.blobs)):
+            name = layer.param.param[index].name if index < len(layer.param.param) else ""
+            if name:
+                if name in seen:
+                    result.add((layer.name, index))
+                seen.add(name)
+    return result
+
+
+def copy_layer_blobs(
+    net, source: Mapping[str, object] | Iterable[tuple[str, object]], origin: str, rename: dict[str, str] | None = None
+) -> CopyReport:
+    """Copy `source` ({layer: blobs} or [(layer, blobs)]) into `net`. Blobs may be arrays, BlobProtos, BlobRefs,
+    or an H5Layer (Caffe's HDF5 rules)."""
     report = CopyReport()
     rename = rename or {}
-    for file_name, blobs in source.items():
+    shared = None
+    items = source.items() if isinstance(source, Mapping) else source
+    for file_name, blobs in items:
         name = rename.get(file_name, file_name)
         layer = net.layer_by_name.get(name)
         if layer is None:
@@ -106,57 +176,123 @@ def copy_layer_blobs(net, source: dict[str, list], origin: str, rename: dict[str
             log.info("Ignoring source layer %s", file_name)
             continue
         targets = layer.blobs
-        if len(targets) != len(blobs):
-            raise WeightsError(f"{origin}: layer '{name}': incompatible number of blobs: file has {len(blobs)}, "
-                               f"net expects {len(targets)}")
+        if isinstance(blobs, H5Layer):
+            if blobs.links > len(targets):
+                raise WeightsError(
+                    f"{origin}: layer '{name}': incompatible number of blobs: file has {blobs.links} "
+                    f"entries in 'data/{name}', net expects {len(targets)}"
+                )
+            blobs = [blobs.blobs.get(i) for i in range(len(targets))]
+        elif len(targets) != len(blobs):
+            raise WeightsError(
+                f"{origin}: layer '{name}': incompatible number of blobs: file has {len(blobs)}, "
+                f"net expects {len(targets)}"
+            )
         for i, (target, blob) in enumerate(zip(targets, blobs)):
-            if isinstance(blob, caffe_pb2.BlobProto):
-                if not shapes_match(blob, tuple(target.shape)):
-                    raise WeightsError(f"{origin}: layer '{name}' blob {i}: shape mismatch: file has "
-                                       f"{list(blob_shape(blob))}, net expects {list(target.shape)}")
-                array = blob_to_array(blob)
-            else:
-                array = np.asarray(blob, dtype=np.float32)
-                if array.size != target.numel() or (array.shape != tuple(target.shape) and array.ndim > 1):
-                    raise WeightsError(f"{origin}: layer '{name}' blob {i}: shape mismatch: file has "
-                                       f"{list(array.shape)}, net expects {list(target.shape)}")
-            with torch.no_grad():
-                target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
-        report.copied.append(name)
-    for layer in net.layers:
-        if layer.blobs and layer.name not in report.copied:
-            report.missing.append(layer.name)
+            if blob is not None:
+                _copy_blob(origin, name, i, target, blob)
+                continue
+            # Only a blob shared with an earlier layer may be absent (Caffe's HDF5 files store it once).
+            shared = shared if shared is not None else shared_non_owners(net)
+            if (name, i) not in shared:
+                where = f"dataset 'data/{name}/{i}' is missing" if origin.endswith((".h5", ".hdf5")) else "missing"
+                raise WeightsError(f"{origin}: layer '{name}' blob {i}: {where}")
+        if targets:
+            report.copied.append(name)
+    copied = set(report.copied)
+    report.missing = [layer.name for layer in net.layers if layer.blobs and layer.name not in copied]
     return report
+
+
+def _copy_blob(origin: str, name: str, index: int, target: torch.Tensor, blob) -> None:
+    where = f"{origin}: layer '{name}' blob {index}"
+    wanted = tuple(target.shape)
+    try:
+        if isinstance(blob, (caffe_pb2.BlobProto, BlobRef)):
+            legacy = has_legacy_shape(blob) if isinstance(blob, caffe_pb2.BlobProto) else blob.legacy
+            shape = blob_shape(blob) if isinstance(blob, caffe_pb2.BlobProto) else blob.shape
+            if not shape_equals(legacy, shape, wanted):
+                raise WeightsError(
+                    f"{where}: shape mismatch: file has {list(shape)}"
+                    f"{' (legacy num/channels/height/width)' if legacy else ''}, net expects "
+                    f"{list(wanted)}"
+                )
+            if isinstance(blob, BlobRef):
+                blob.read_into(target)
+                return
+            array = blob_to_array(blob)
+        elif isinstance(blob, H5Blob):
+            if blob.shape != wanted:
+                raise WeightsError(f"{where}: shape mismatch: file has {list(blob.shape)}, net expects {list(wanted)}")
+            blob.read_into(target)
+            return
+        else:
+            array = np.asarray(blob, dtype=np.float32)
+            if array.size != target.numel() or (array.shape != wanted and array.ndim > 1):
+                raise WeightsError(f"{where}: shape mismatch: file has {list(array.shape)}, net expects {list(wanted)}")
+        with torch.no_grad():
+            target.copy_(torch.from_numpy(np.ascontiguousarray(array)).reshape(wanted))
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise WeightsError(f"{where}: {exc}") from None
+
+
+# ----- writing ---------------------------------------------------------------------------------------------
+def _layer_records(net, for_file: bool = False):
+    """(LayerParameter without blobs, blob tensors) per layer, as Caffe's Layer::ToProto sees its layer_param_
+    after set-up: Split layers included, `phase` inherited from the net, a loss layer's default loss_weight 1
+    (LossLayer::LayerSetUp), BatchNorm's ParamSpecs padded with lr_mult 0 (BatchNormLayer::LayerSetUp)."""
+    for layer in net.layers:
+        param = caffe_pb2.LayerParameter()
+        param.CopyFrom(layer.param)
+        del param.blobs[:]
+        if not param.HasField("phase"):
+            param.phase = net.phase
+        if getattr(layer, "is_loss", False) and not param.loss_weight:
+            param.loss_weight.append(1.0)
+        if for_file and param.type == "Swish" and param.HasField("swish_param"):
+            # Where BVLC master writes swish_param (field 147, our KD parameter's number; see upgrade.py).
+            param.knowledge_distillation_param.ParseFromString(param.swish_param.SerializeToString())
+            param.ClearField("swish_param")
+        if param.type == "BatchNorm":
+            while len(param.param) < len(layer.blobs):
+                param.param.add(lr_mult=0.0)
+        yield param, [blob.detach().to("cpu", torch.float32).numpy() for blob in layer.blobs]
 
 
 def net_to_proto(net) -> caffe_pb2.NetParameter:
     """The net's layers with their blobs, as Caffe's Net::ToProto writes a .caffemodel."""
     proto = caffe_pb2.NetParameter(name=net.name)
-    for layer in net.layers:
-        if layer.type_name == "Split":
-            continue
+    for param, arrays in _layer_records(net):
         out = proto.layer.add()
-        out.CopyFrom(layer.param)
-        del out.blobs[:]
-        for blob in layer.blobs:
-            array_to_blob(blob.detach().cpu().numpy(), out.blobs.add())
+        out.CopyFrom(param)
+        for array in arrays:
+            array_to_blob(array, out.blobs.add())
     return proto
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_caffemodel(net, path: str | Path) -> None:
-    atomic_write(path, net_to_proto(net).SerializeToString())
+    """Caffe's net.save(): a V2 binary NetParameter, blobs in `shape` form, streamed from the tensors."""
+    try:
+        with atomic_writer(path) as f:
+            write_caffemodel(f, net.name, _layer_records(net, for_file=True))
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def save_caffemodel_h5(net, path: str | Path) -> None:
+    """Caffe's net.save_hdf5(): data/<layer>/<i>, shared blobs stored by their owner only."""
+    shared = shared_non_owners(net)
+    layers = (
+        (
+            layer.name,
+            [
+                None if (layer.name, i) in shared else blob.detach().to("cpu", torch.float32).numpy()
+                for i, blob in enumerate(layer.blobs)
+            ],
+        )
+        for layer in net.layers
+    )
+    try:
+        write_hdf5(path, layers)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot write: {exc.strerror or exc}") from None
