@@ -42,6 +42,11 @@ format: $(STAMP)
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -n 2 tests
 
+MNIST_DIR ?=
+CIFAR_DIR ?=
+data: $(STAMP)
+	$(PY) tools/make_data.py $(if $(MNIST_DIR),--mnist $(MNIST_DIR)) $(if $(CIFAR_DIR),--cifar $(CIFAR_DIR))
+
 LOG ?=
 plot: $(STAMP)
 	$(PY) tools/plot_training_log.py $(LOG) -o $(basename $(firstword $(LOG))).png -o $(basename $(firstword $(LOG))).svg
