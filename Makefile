@@ -13,7 +13,7 @@ SET     ?=
 ITERS   ?= 50
 MODEL   ?=
 
-.PHONY: setup proto test lint format train data clean bench plot time
+.PHONY: setup proto test lint format train data clean bench plot time convert
 
 setup: $(STAMP)
 
@@ -41,6 +41,13 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -n 2 tests
+
+TO      ?= onnx
+OUT     ?=
+DATA    ?=
+# make convert MODEL=deploy.prototxt WEIGHTS=x.caffemodel TO=onnx|pt|pt2|caffemodel|h5 [OUT=path] [DATA=train_test.prototxt]
+convert: $(STAMP)
+	$(PY) -m pipeline convert --model $(MODEL) --weights $(WEIGHTS) --to $(TO) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data-prototxt $(DATA))
 
 MNIST_DIR ?=
 CIFAR_DIR ?=

@@ -14,14 +14,14 @@ from collections.abc import Callable
 
 from pipeline.errors import PipelineError
 
-_COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+_COMMANDS: dict[str, tuple[Callable, str]] = {}
 
 
 def command(name: str, help: str):
     """Decorator for `run(args) -> int`; the function's `add_arguments(parser)` attribute adds its flags."""
 
     def decorate(run):
-        _COMMANDS[name] = (run, getattr(run, "add_arguments", lambda parser: None), help)
+        _COMMANDS[name] = (run, help)
         return run
 
     return decorate
@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caffe-pipeline", description="Caffe's command line, on PyTorch.")
     verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(sorted(_COMMANDS)) + "}")
     for name in sorted(_COMMANDS):
-        run, add_arguments, help_text = _COMMANDS[name]
+        run, help_text = _COMMANDS[name]
         sub = verbs.add_parser(name, help=help_text, description=help_text)
-        add_arguments(sub)
+        # Looked up now, not at decoration: modules attach `run.add_arguments` after the decorator ran.
+        getattr(run, "add_arguments", lambda parser: None)(sub)
         sub.set_defaults(run=run)
     return parser
 

@@ -66,7 +66,7 @@ def run(args) -> int:
     net = load_net(args, "TRAIN")
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     net()
-    log.info("Initial loss: %s", f"{float(net.loss):.6g}" if net.loss is not None else "0")
+    log.info("Initial loss: %s", f"{float(net.loss.detach()):.6g}" if net.loss is not None else "0")
     log.info("Performing Forward / Backward")
     forward_total = backward_total = 0.0
     per_layer_fwd = [0.0] * len(net.layers)

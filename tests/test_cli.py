@@ -1,0 +1,80 @@
+"""The caffe-style verbs test, time and device_query, and clean errors instead of tracebacks."""
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.net import Net
+from pipeline.prototxt import read_net
+from pipeline.weights import save_caffemodel
+
+LENET = "prototxt/lenet.prototxt"
+
+
+@pytest.fixture(scope="module")
+def lenet_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "lenet.caffemodel"
+    save_caffemodel(Net(read_net(LENET, {"data": "dummy"}), "TEST", seed=1), path)
+    return str(path)
+
+
+def test_test_verb_prints_caffes_lines(capsys, lenet_weights):
+    rc = main(
+        [
+            "test",
+            "--model",
+            LENET,
+            "--set",
+            "data=dummy",
+            "--set",
+            "test_batch=8",
+            "--weights",
+            lenet_weights,
+            "--iterations",
+            "2",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "Batch 0, accuracy = " in err and "Batch 1, loss = " in err
+    assert "] Loss: " in err and "] accuracy = " in err and "(* 1 = " in err
+    assert err.splitlines()[0][0] == "I" and "] " in err.splitlines()[0]
+
+
+def test_time_verb_reports_per_layer_and_totals(capsys):
+    rc = main(["time", "--model", LENET, "--set", "data=dummy", "--set", "batch=4", "--iterations", "2"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    for text in (
+        "Initial loss:",
+        "conv1\tforward:",
+        "conv1\tbackward:",
+        "Average Forward pass:",
+        "Average Backward pass:",
+        "Average Forward-Backward:",
+        "Total Time:",
+    ):
+        assert text in err
+
+
+def test_device_query(capsys):
+    assert main(["device_query"]) == 0
+    assert "Torch version" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_not_tracebacks(capsys, tmp_path):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer { name: "x" type: "Nope" top: "x" }\n')
+    assert main(["test", "--model", str(bad), "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and "unknown layer type 'Nope'" in err
+
+
+def test_weights_matching_no_layer_is_an_error(capsys, tmp_path, lenet_weights):
+    other = tmp_path / "other.prototxt"
+    other.write_text(
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" inner_product_param '
+        "{ num_output: 2 } }\n"
+    )
+    assert main(["test", "--model", str(other), "--weights", lenet_weights, "--iterations", "1"]) == 1
+    assert "no layer of this file matches" in capsys.readouterr().err

@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""Convert a Caffe model: tools/convert.py --model deploy.prototxt --weights x.caffemodel --to onnx|pt|pt2|caffemodel|h5
+[--out PATH]. The same as `python -m pipeline convert` (see pipeline/cli/convert.py for every flag).
+
+Exit status: 0 written (output path printed), 1 a bad model, weights file or export, 2 usage.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["convert", *sys.argv[1:]]))
