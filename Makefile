@@ -13,14 +13,15 @@ SET     ?=
 ITERS   ?= 50
 MODEL   ?=
 
-.PHONY: setup proto test lint format train data clean bench plot time convert
+.PHONY: setup proto test lint format train data clean bench plot time convert sweep figures
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@# graphviz draws nets (tools/draw_net.py); best effort, the drawing tests skip without it.
-	@command -v dot >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		(apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) ) || true
+	@# graphviz draws nets (tools/draw_net.py), chromium checks the run report in a real browser; best effort:
+	@# the tests that need them skip without them.
+	@(command -v dot >/dev/null && command -v chromium >/dev/null) || (command -v apt-get >/dev/null && \
+		[ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq graphviz chromium >/dev/null) ) || true
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
@@ -53,6 +54,16 @@ MNIST_DIR ?=
 CIFAR_DIR ?=
 data: $(STAMP)
 	$(PY) tools/make_data.py $(if $(MNIST_DIR),--mnist $(MNIST_DIR)) $(if $(CIFAR_DIR),--cifar $(CIFAR_DIR))
+
+GRID    ?=
+JOBS    ?= 1
+# make sweep GRID="temperature=1,2,4 alpha=0.5,0.9" [SOLVER=...] [SET="net=prototxt/teacher_student.prototxt"] [JOBS=2] [OUT=runs/sweep_kd]
+sweep: $(STAMP)
+	$(PY) tools/sweep.py --solver $(SOLVER) $(foreach g,$(GRID),--grid '$(g)') $(foreach s,$(SET),--set '$(s)') \
+		--jobs $(JOBS) $(if $(OUT),--out $(OUT)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+
+figures: $(STAMP)
+	sh docs/figures/reproduce.sh
 
 LOG ?=
 plot: $(STAMP)
