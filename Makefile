@@ -7,8 +7,10 @@ PB2     := pipeline/proto/caffe_pb2.py
 # torch 2.13.0 is the local CPU build; any other spec would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-SOLVER  ?= solvers/lenet_solver.prototxt
+# `make train` alone runs the teacher-student story; SOLVER=... trains that solver instead.
+SOLVER  ?=
 WEIGHTS ?=
+WEIGHTS_MAP ?=
 SET     ?=
 ITERS   ?= 50
 MODEL   ?=
@@ -49,6 +51,11 @@ DATA    ?=
 # make convert MODEL=deploy.prototxt WEIGHTS=x.caffemodel TO=onnx|pt|pt2|caffemodel|h5 [OUT=path] [DATA=train_test.prototxt]
 convert: $(STAMP)
 	$(PY) -m pipeline convert --model $(MODEL) --weights $(WEIGHTS) --to $(TO) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data-prototxt $(DATA))
+
+train: $(STAMP)
+	@if [ -z "$(SOLVER)" ]; then $(PY) tools/teacher_student_story.py; else \
+	  $(PY) tools/make_data.py && $(PY) -m pipeline train --solver $(SOLVER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+	  $(if $(WEIGHTS_MAP),--weights-map '$(WEIGHTS_MAP)') $(foreach s,$(SET),--set $(s)); fi
 
 MNIST_DIR ?=
 CIFAR_DIR ?=
