@@ -22,7 +22,9 @@ from pipeline.solvers import read_solver_param, solver_class
 from pipeline.solvers.base import NONE, SNAPSHOT, STOP, fmt
 from pipeline.solvers.snapshot import check_writable
 from pipeline.template import parse_assignments
+from pipeline.viz.report import PhaseTimer, report_for_solver
 from pipeline.weights import atomic_write
+from pipeline.weights_map import load_weights, parse_weights_map
 
 EFFECTS = {"stop": STOP, "snapshot": SNAPSHOT, "none": NONE}
 
@@ -33,6 +35,14 @@ def add_arguments(parser):
         "--weights",
         default="",
         help="comma-separated .caffemodel/.caffemodel.h5 files to fine-tune from (layers copied by name)",
+    )
+    parser.add_argument(
+        "--weights-map",
+        action="append",
+        default=[],
+        metavar="[FILE:]OLD=NEW,...|MAPFILE",
+        help="load --weights into layers of other names: conv1=t_conv1, '*=t_*' (a prefix), "
+        "a.caffemodel:*=t1_* (one file only), or a map file of 'OLD NEW' lines; see pipeline/weights_map.py",
     )
     parser.add_argument("--snapshot", default="", help=".solverstate or .solverstate.h5 to resume from")
     parser.add_argument(
@@ -139,10 +149,16 @@ def run(args) -> int:
     )
     for path in save_rendered(prefix, solver_text, solver.net_texts):
         log.info("Rendered prototxt saved to %s", path)
-    for path in [w for w in args.weights.split(",") if w]:
+    weights = [w for w in args.weights.split(",") if w]
+    if args.weights_map and not weights:
+        raise SolverError("--weights-map renames the layers of --weights files: give --weights too")
+    for path in weights:
         log.info("Finetuning from %s", path)
-        solver.load_weights(path)
+    if weights:
+        # Renamed per file; a file that fills no layer, or a rule that matches nothing, is an error.
+        load_weights(solver, weights, parse_weights_map(args.weights_map))
     log.info("Starting Optimization")
+    timer = PhaseTimer.attach(solver)
     with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
         solver.action_request = actions
         if args.snapshot:
@@ -154,6 +170,9 @@ def run(args) -> int:
             raise
     log.info("Optimization Done.")
     print(f"log: {log_file}")
+    report = report_for_solver(solver, log_file, solver_text, timer)
+    if report is not None:
+        print(f"report: {report}")
     if solver.last_snapshot:
         print(f"snapshot: {solver.last_snapshot}")
     for i, scores in enumerate(solver.test_scores):

@@ -1,0 +1,126 @@
+"""The `train` verb: Caffe's flags, the files it leaves beside the snapshots, resume, signals, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from solver_util import kept_logger, net_text, tiny_folder
+
+from pipeline.cli import main
+from pipeline.cli.train import SignalActions
+from pipeline.solvers.base import NONE, SNAPSHOT, STOP
+from pipeline.weights import read_caffemodel
+
+SOLVER = """net: "net.prototxt"
+base_lr: {{ lr | default(0.05) }}
+lr_policy: "fixed" momentum: 0.9 weight_decay: 0.001
+max_iter: {{ iters | default(6) }} display: 2 test_iter: 3 test_interval: 3 snapshot: 3
+snapshot_prefix: "snap/tiny" solver_mode: CPU random_seed: 1701
+"""
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    folder = tiny_folder(tmp_path, monkeypatch)
+    (folder / "net.prototxt").write_text(net_text())
+    (folder / "solver.prototxt").write_text(SOLVER)
+    with kept_logger():
+        yield folder
+
+
+def train(*flags) -> int:
+    return main(["train", "--solver", "solver.prototxt", *flags])
+
+
+def test_train_writes_snapshots_log_and_rendered_prototxts(folder, capsys):
+    assert train("--set", "lr=0.02") == 0
+    names = sorted(os.listdir("snap"))
+    for i in (3, 6):
+        assert f"tiny_iter_{i}.caffemodel" in names and f"tiny_iter_{i}.solverstate" in names
+    assert "base_lr: 0.02" in (folder / "snap/tiny_solver.prototxt").read_text()
+    assert (folder / "snap/tiny_net.prototxt").read_text() == net_text()
+    logs = [n for n in names if n.startswith("tiny_train_") and n.endswith(".log")]
+    assert len(logs) == 1
+    text = (folder / "snap" / logs[0]).read_text()
+    assert "Iteration 6, Testing net (#0)" in text and "Optimization Done." in text
+    out = capsys.readouterr().out
+    assert f"log: snap/{logs[0]}" in out and "snapshot: snap/tiny_iter_6.solverstate" in out
+    assert "test net #0 at iteration 6: loss = " in out
+
+
+def test_resume_continues_the_same_trajectory(folder):
+    assert train("--set", "iters=6") == 0
+    straight = read_caffemodel("snap/tiny_iter_6.caffemodel")
+    os.remove("snap/tiny_iter_6.caffemodel")
+    assert train("--set", "iters=6", "--snapshot", "snap/tiny_iter_3.solverstate") == 0
+    resumed = read_caffemodel("snap/tiny_iter_6.caffemodel")
+    for a, b in zip(straight.layer, resumed.layer):
+        for x, y in zip(a.blobs, b.blobs):
+            assert np.array_equal(np.array(x.data), np.array(y.data))
+
+
+def test_weights_fine_tune(folder, capsys):
+    assert train("--set", "iters=3") == 0
+    assert train("--set", "iters=1", "--weights", "snap/tiny_iter_3.caffemodel") == 0
+    err = capsys.readouterr().err
+    assert "Finetuning from snap/tiny_iter_3.caffemodel" in err and "Copied 1 layers" in err
+
+
+def test_snapshot_and_weights_together_is_an_error(folder, capsys):
+    assert train("--snapshot", "a.solverstate", "--weights", "b.caffemodel") == 1
+    assert "not both" in capsys.readouterr().err
+
+
+def test_missing_net_file(folder, capsys):
+    (folder / "solver.prototxt").write_text(SOLVER.replace("net.prototxt", "missing.prototxt"))
+    assert train() == 1
+    assert "net file 'missing.prototxt' not found" in capsys.readouterr().err
+
+
+def test_unwritable_snapshot_directory_fails_first(folder, capsys):
+    (folder / "solver.prototxt").write_text(SOLVER.replace("snap/tiny", "nodir/tiny"))
+    assert train() == 1
+    assert "cannot write snapshots with prefix 'nodir/tiny'" in capsys.readouterr().err
+    assert not (folder / "nodir").exists()
+
+
+def test_nan_loss_is_reported_and_logged(folder, capsys):
+    assert train("--set", "lr=1e30") == 1
+    err = capsys.readouterr().err
+    assert "error: Iteration" in err and "the loss is" in err
+    log = next(n for n in os.listdir("snap") if n.endswith(".log"))
+    assert "the loss is" in (folder / "snap" / log).read_text()
+
+
+def test_signal_actions_follow_caffes_flags():
+    actions = SignalActions("stop", "snapshot")
+    assert actions() == NONE
+    actions._handle(signal.SIGHUP, None)
+    assert actions() == SNAPSHOT and actions() == NONE
+    actions._handle(signal.SIGINT, None)
+    assert actions() == STOP
+    with pytest.raises(KeyboardInterrupt):
+        actions._handle(signal.SIGINT, None)  # a second Ctrl-C aborts at once
+    quiet = SignalActions("none", "none")
+    quiet._handle(signal.SIGINT, None)
+    assert quiet() == NONE
+
+
+def test_sighup_snapshots_and_goes_on(folder, monkeypatch):
+    """A real SIGHUP sent during training: a snapshot at that iteration, and training runs to the end."""
+    from pipeline.solvers.sgd import SGDSolver
+
+    original = SGDSolver.apply_update
+
+    def hup_at_2(self):
+        original(self)
+        if self.iter == 1:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(SGDSolver, "apply_update", hup_at_2)
+    assert train("--set", "iters=4") == 0
+    names = os.listdir("snap")
+    assert "tiny_iter_2.caffemodel" in names and "tiny_iter_4.caffemodel" in names
