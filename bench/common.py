@@ -26,8 +26,10 @@ def interleaved_median(
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
+    order = list(candidates.items())
+    for round_index in range(rounds):
+        # Alternate the order every round, so neither candidate always runs first (caches, clocks).
+        for name, fn in order if round_index % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             for _ in range(reps):
                 fn()

@@ -246,7 +246,8 @@ class Net(nn.Module):
         Returns the net's output blobs (those no layer reads). The weighted total loss is left in `self.loss`.
         """
         feeds = {**self.feed, **dict(zip(self.input_names, args)), **feeds}
-        self.feed = {}
+        # Drop the previous pass's blobs first, so two passes' activations are never alive at once.
+        self.feed, self._values, self._first_values, self.loss = {}, {}, {}, None
         values: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         loss = None

@@ -122,8 +122,10 @@ void row_pass(const scalar_t* s, const scalar_t* t, int64_t label, int64_t n, co
   }
   if (loss_out) {
     // KL = sum_j p_t (log p_t - log p_s) = (1/sum_t) sum_j e_t (z_t - z_s) - lse_t + lse_s
-    double cross = 0;
-    for (int64_t j = 0; j < n; ++j) cross += double(et[j]) * double(zt[j] - zs[j]);
+    // Row sums stay in scalar_t so the loop vectorises; rows are summed in double.
+    scalar_t cross_row = 0;
+    for (int64_t j = 0; j < n; ++j) cross_row += et[j] * (zt[j] - zs[j]);
+    const double cross = cross_row;
     const double kl = cross / double(sum_t) - double(lse_t) + double(lse_s);
     double value = double(alpha) * double(T) * double(T) * kl;
     if (hard) value += (1 - double(alpha)) * (double(lse_1) - double(s[label]));

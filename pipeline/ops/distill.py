@@ -19,6 +19,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "distill.cpp"
 MODES = {"KL": 0, "LOGIT_MATCHING": 1}
 NORMALIZATIONS = {"FULL": 0, "VALID": 1, "BATCH_SIZE": 2, "NONE": 3}
 _lock = threading.Lock()
+_NO_LABELS = torch.empty(0, dtype=torch.long)
 _loaded = False
 
 
@@ -104,12 +105,19 @@ def distill_loss(
     axis = axis % student.dim()
     classes = student.shape[axis]
     batch = student.shape[0] if axis > 0 else 1
-    rows_s = student.movedim(axis, -1).reshape(-1, classes)
-    rows_t = teacher.detach().movedim(axis, -1).reshape(-1, classes)
-    if label is None:
-        label_rows = torch.empty(0, dtype=torch.long, device=student.device)
+    if student.dim() == 2 and axis == 1:  # the common (N, C) case: no reshaping
+        rows_s, rows_t = student, teacher.detach()
     else:
-        label_rows = label.reshape(-1).to(torch.long)
+        rows_s = student.movedim(axis, -1).reshape(-1, classes)
+        rows_t = teacher.detach().movedim(axis, -1).reshape(-1, classes)
+    if label is None:
+        label_rows = (
+            _NO_LABELS if student.device.type == "cpu" else torch.empty(0, dtype=torch.long, device=student.device)
+        )
+    else:
+        label_rows = label.reshape(-1)
+        if label_rows.dtype != torch.long:
+            label_rows = label_rows.long()
         if label_rows.numel() != rows_s.shape[0]:
             raise PipelineError(f"{label_rows.numel()} labels for {rows_s.shape[0]} rows of {classes} classes")
     return torch.ops.caffe_pipeline.distill_loss(
