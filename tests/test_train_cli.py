@@ -80,11 +80,17 @@ def test_missing_net_file(folder, capsys):
     assert "net file 'missing.prototxt' not found" in capsys.readouterr().err
 
 
+def test_missing_snapshot_directory_is_created(folder):
+    (folder / "solver.prototxt").write_text(SOLVER.replace("snap/tiny", "new/dir/tiny"))
+    assert train() == 0
+    assert any(n.endswith(".caffemodel") for n in os.listdir(folder / "new" / "dir"))
+
+
 def test_unwritable_snapshot_directory_fails_first(folder, capsys):
-    (folder / "solver.prototxt").write_text(SOLVER.replace("snap/tiny", "nodir/tiny"))
+    (folder / "blocker").write_text("a file where the snapshot folder should be")
+    (folder / "solver.prototxt").write_text(SOLVER.replace("snap/tiny", "blocker/tiny"))
     assert train() == 1
-    assert "cannot write snapshots with prefix 'nodir/tiny'" in capsys.readouterr().err
-    assert not (folder / "nodir").exists()
+    assert "cannot write snapshots with prefix 'blocker/tiny'" in capsys.readouterr().err
 
 
 def test_nan_loss_is_reported_and_logged(folder, capsys):

@@ -138,6 +138,11 @@ def run(args) -> int:
     for stage in (s for s in args.stage.split(",") if s):
         param.train_state.stage.append(stage)
     prefix = param.snapshot_prefix
+    # Caffe insists the snapshot folder exists; we create it, and still fail early if it cannot be written.
+    try:
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
     check_writable(prefix)
     log_file = f"{prefix}_train_{time.strftime('%Y%m%d-%H%M%S')}.log"
     setup_logging(log_file)
