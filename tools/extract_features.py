@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.cli import run_guarded  # noqa: E402
 
 
 def parse_args(argv):
@@ -114,12 +114,7 @@ def report(ft, args, train, test) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except PipelineError as exc:
-        print(f"extract_features: error: {exc}", file=sys.stderr)
-        return 1
+    return run_guarded(run, parse_args(argv), "extract_features")
 
 
 if __name__ == "__main__":

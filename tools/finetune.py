@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.cli import run_guarded  # noqa: E402
 from pipeline.glog import get_logger, setup_logging  # noqa: E402
 
 
@@ -96,15 +96,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except PipelineError as exc:
-        print(f"finetune: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(run, parse_args(argv), "finetune")
 
 
 if __name__ == "__main__":

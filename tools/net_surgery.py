@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cli import run_guarded  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 
@@ -92,12 +93,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except PipelineError as exc:
-        print(f"net_surgery: error: {exc}", file=sys.stderr)
-        return 1
+    return run_guarded(run, parse_args(argv), "net_surgery")
 
 
 if __name__ == "__main__":

@@ -52,10 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    return run_guarded(args.run, args)
+
+
+def run_guarded(run: Callable, args, program: str | None = None) -> int:
+    """Run a verb or tool: our errors become one line on stderr and exit status 1, Ctrl-C exit status 130."""
     try:
-        return int(args.run(args) or 0)
+        return int(run(args) or 0)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{program + ': ' if program else ''}error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
