@@ -173,7 +173,6 @@ def run(args) -> int:
         except PipelineError as exc:
             log.error("%s", exc)
             raise
-    log.info("Optimization Done.")
     print(f"log: {log_file}")
     report = report_for_solver(solver, log_file, solver_text, timer)
     if report is not None:
