@@ -67,7 +67,10 @@ def train(
     """Build a solver from a template, optionally load (renamed) weights, solve, and score `blobs` on the test set.
 
     The glog lines go to `log_file` (and the terminal unless `quiet`); the solver writes its final snapshot."""
+    from google.protobuf import text_format
+
     from pipeline.solvers import build_solver
+    from pipeline.viz.report import PhaseTimer, report_for_solver
     from pipeline.weights_map import load_weights, parse_weights_map
 
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +82,12 @@ def train(
             solver = build_solver(str(solver_template), dict(variables), progress=False)
             if weights:
                 load_weights(solver, weights, parse_weights_map(weights_map))
+            timer = PhaseTimer.attach(solver)
             solver.solve()
             seconds = time.perf_counter() - start
             predictions, labels = predict(solver, blobs)
+            # Every training run ends with its report beside its snapshots, as `train` writes one.
+            report_for_solver(solver, log_file, text_format.MessageToString(solver.param), timer)
         finally:
             setup_logging()
     return Run(
