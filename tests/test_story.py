@@ -47,6 +47,7 @@ def test_story_end_to_end(tmp_path, capsys, one_thread):
         assert re.search(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+:\d+\] Iteration 0", log, re.MULTILINE), name
         assert "Optimization Done." in log
         assert list((run / name).glob("*_iter_8.caffemodel")), name
+        assert "<html" in (run / name / "report.html").read_text(), name
     distilled_log = (run / "distilled.log").read_text()
     assert "Copied 4 layers from" in distilled_log and "t_conv1" in distilled_log
     # Every step prints the command that repeats it, with the teacher loaded under the prefix.
