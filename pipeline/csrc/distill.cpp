@@ -142,6 +142,10 @@ void row_pass(const scalar_t* s, const scalar_t* t, int64_t label, int64_t n, co
   }
 }
 
+// Rows per task: small problems run inline on the calling thread, since waking the pool costs more than
+// the work (about 32k elements per task).
+int64_t row_grain(int64_t classes) { return std::max<int64_t>(16, 32768 / std::max<int64_t>(classes, 1)); }
+
 Options make_options(double temperature, double alpha, int64_t mode, bool teacher_is_prob, int64_t ignore_label,
                      bool has_ignore, int64_t normalization, int64_t batch) {
   return Options{temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch};
@@ -168,7 +172,7 @@ at::Tensor forward_cpu(const at::Tensor& student, const at::Tensor& teacher, con
     const scalar_t* sp = s.data_ptr<scalar_t>();
     const scalar_t* tp = t.data_ptr<scalar_t>();
     std::vector<double> partial(at::get_num_threads() + 1, 0.0);
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> buf(6 * n);
       double sum = 0;
       for (int64_t r = begin; r < end; ++r) {
@@ -201,7 +205,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, 
     const scalar_t* sp = s.data_ptr<scalar_t>();
     const scalar_t* tp = t.data_ptr<scalar_t>();
     scalar_t* gp = grad.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> buf(6 * n);
       for (int64_t r = begin; r < end; ++r) {
         if (row_ignored(lab, r, o)) {
