@@ -9,6 +9,8 @@
 // The backward writes d loss / d s in a second fused visit: alpha*T*(p_s - p_t) + (1-alpha)*(p_1 - onehot).
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 #include <torch/torch.h>
 
@@ -285,6 +287,59 @@ at::Tensor backward_composite(const at::Tensor& grad_loss, const at::Tensor& s, 
   return grad * valid.unsqueeze(1) * (grad_loss / norm_tensor(s, count, o));
 }
 
+// Autograd in C++, so a call costs no Python on the way forward or back (it dominates for small inputs).
+class DistillFunction : public torch::autograd::Function<DistillFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& s, const at::Tensor& t,
+                            const at::Tensor& label, double temperature, double alpha, int64_t mode,
+                            bool teacher_is_prob, int64_t ignore_label, bool has_ignore, int64_t normalization,
+                            int64_t batch) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("caffe_pipeline::distill_loss", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+                                           int64_t, bool, int64_t, bool, int64_t, int64_t)>();
+    ctx->save_for_backward({s, t, label});
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["teacher_is_prob"] = teacher_is_prob;
+    ctx->saved_data["ignore_label"] = ignore_label;
+    ctx->saved_data["has_ignore"] = has_ignore;
+    ctx->saved_data["normalization"] = normalization;
+    ctx->saved_data["batch"] = batch;
+    return op.call(s, t, label, temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization,
+                   batch);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("caffe_pipeline::distill_loss_backward", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           double, double, int64_t, bool, int64_t, bool, int64_t, int64_t)>();
+    auto saved = ctx->get_saved_variables();
+    auto& d = ctx->saved_data;
+    at::Tensor grad_student;
+    if (ctx->needs_input_grad(0)) {
+      grad_student = op.call(grads[0], saved[0], saved[1], saved[2], d["temperature"].toDouble(),
+                             d["alpha"].toDouble(), d["mode"].toInt(), d["teacher_is_prob"].toBool(),
+                             d["ignore_label"].toInt(), d["has_ignore"].toBool(), d["normalization"].toInt(),
+                             d["batch"].toInt());
+    }
+    torch::autograd::variable_list result(11);
+    result[0] = grad_student;
+    return result;
+  }
+};
+
+at::Tensor forward_autograd(const at::Tensor& s, const at::Tensor& t, const at::Tensor& label, double temperature,
+                            double alpha, int64_t mode, bool teacher_is_prob, int64_t ignore_label, bool has_ignore,
+                            int64_t normalization, int64_t batch) {
+  return DistillFunction::apply(s, t, label, temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore,
+                                normalization, batch);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(caffe_pipeline, m) {
@@ -301,6 +356,8 @@ TORCH_LIBRARY_IMPL(caffe_pipeline, CPU, m) {
   m.impl("distill_loss", &forward_cpu);
   m.impl("distill_loss_backward", &backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(caffe_pipeline, Autograd, m) { m.impl("distill_loss", &forward_autograd); }
 
 TORCH_LIBRARY_IMPL(caffe_pipeline, CUDA, m) {
   m.impl("distill_loss", &forward_composite);

@@ -1,7 +1,8 @@
-"""The fused distillation loss op `torch.ops.caffe_pipeline.distill_loss`, its autograd and fake kernels.
+"""The fused distillation loss op `torch.ops.caffe_pipeline.distill_loss` and its fake kernels.
 
-The C++ source (`pipeline/csrc/distill.cpp`) defines the schema, a fused CPU kernel and a composite
-ATen kernel for CUDA; it is compiled once by torch.utils.cpp_extension and cached (TORCH_EXTENSIONS_DIR).
+The C++ source (`pipeline/csrc/distill.cpp`) defines the schema, a fused CPU kernel, a composite ATen kernel
+for CUDA and the autograd (its own backward op); it is compiled once by torch.utils.cpp_extension and cached
+(TORCH_EXTENSIONS_DIR). The fake kernels, for torch.compile and torch.export, are registered here.
 """
 
 from __future__ import annotations
@@ -61,20 +62,6 @@ def _register_python_kernels() -> None:
     @torch.library.register_fake("caffe_pipeline::distill_loss_backward")
     def _fake_backward(grad, student, teacher, label, *args):
         return torch.empty_like(student)
-
-    def setup_context(ctx, inputs, output):
-        student, teacher, label, *options = inputs
-        ctx.save_for_backward(student, teacher, label)
-        ctx.options = options
-
-    def backward(ctx, grad):
-        student, teacher, label = ctx.saved_tensors
-        grad_student = None
-        if ctx.needs_input_grad[0]:
-            grad_student = torch.ops.caffe_pipeline.distill_loss_backward(grad, student, teacher, label, *ctx.options)
-        return (grad_student,) + (None,) * (2 + len(ctx.options))
-
-    torch.library.register_autograd("caffe_pipeline::distill_loss", backward, setup_context=setup_context)
 
 
 def distill_loss(
