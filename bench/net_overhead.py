@@ -73,7 +73,7 @@ def bench(name: str, prototxt: str, hand: nn.Module, batch: int, shape: tuple) -
     def run_hand():
         hand(x, label).backward()
 
-    times = interleaved_median({"built": run_ours, "hand": run_hand})
+    times = interleaved_median({"built": run_ours, "hand": run_hand}, rounds=41)
     ratio = times["built"] / times["hand"]
     print(
         f"{name:14s} batch {batch:3d}: built {times['built'] * 1e3:7.2f} ms  hand-written "

@@ -247,7 +247,9 @@ class Net(nn.Module):
         """
         feeds = {**self.feed, **dict(zip(self.input_names, args)), **feeds}
         # Drop the previous pass's blobs first, so two passes' activations are never alive at once.
-        self.feed, self._values, self._first_values, self.loss = {}, {}, {}, None
+        # object.__setattr__: nn.Module's own __setattr__ costs microseconds per call on this hot path.
+        for name, value in (("feed", {}), ("_values", {}), ("_first_values", {}), ("loss", None)):
+            object.__setattr__(self, name, value)
         values: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         loss = None
@@ -286,8 +288,9 @@ class Net(nn.Module):
         for cache in self.soft_target_caches:
             if id(cache) not in served:
                 cache.remember(values[cache.blob])
-        self._values, self._first_values = values, first
-        self.loss = loss
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_first_values", first)
+        object.__setattr__(self, "loss", loss)
         return {name: values[name] for name in self.output_names}
 
     def _source_tops(self, layer: Layer, feeds: dict, force: bool) -> list[torch.Tensor]:

@@ -56,6 +56,7 @@ class Pooling(Layer):
             self.check(all(pd < k for pd, k in zip(self.pad, self.kernel)), "pad must be smaller than the kernel")
         self.check(len(self.top_names) == 1 or self.method == P.MAX, "only MAX pooling has a mask top")
         self._divisors: dict = {}
+        self._plans: dict = {}
         out = self.output_shape(shape[2], shape[3])
         return [(shape[0], shape[1], *out)] * len(self.top_names)
 
@@ -75,8 +76,13 @@ class Pooling(Layer):
         return F.pad(x, (pw, far_w, ph, far_h), value=value)
 
     def forward(self, x):
-        kernel, out = self.geometry(x.shape[2], x.shape[3])
-        if self.method != P.STOCHASTIC and self._torch_agrees(x.shape[2:], kernel, out):
+        h, w = x.shape[2], x.shape[3]
+        plan = self._plans.get((h, w))
+        if plan is None:  # the geometry depends only on the input size: work it out once per size
+            kernel, out = self.geometry(h, w)
+            plan = self._plans[(h, w)] = (kernel, out, self._torch_agrees((h, w), kernel, out))
+        kernel, out, agrees = plan
+        if self.method != P.STOCHASTIC and agrees:
             # torch's ceil mode clips windows and AVE divisors exactly as Caffe does, so the native kernels
             # give Caffe's numbers whenever they give Caffe's output size.
             if self.method == P.AVE:
