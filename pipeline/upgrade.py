@@ -162,3 +162,34 @@ def upgrade_net_proto_binary(source: str | Path, destination: str | Path) -> boo
     atomic_write(destination, data)
     log.info("Wrote upgraded NetParameter binary proto to %s", destination)
     return needed
+
+
+def upgrade_tool_main(kind: str, argv: list[str] | None = None) -> int:
+    """Command line of Caffe's upgrade_net_proto_text / upgrade_net_proto_binary (`kind` "text" or "binary").
+
+    Exit status: 0 written, 1 usage, 2 the input does not parse or cannot be fully upgraded (nothing written).
+    """
+    import argparse
+    import logging
+    import sys
+
+    from pipeline.errors import PipelineError
+
+    what = {"text": "net prototxt", "binary": "binary caffemodel"}[kind]
+    upgrade = {"text": upgrade_net_proto_text, "binary": upgrade_net_proto_binary}[kind]
+    parser = argparse.ArgumentParser(
+        prog=f"upgrade_net_proto_{kind}", description=f"Rewrite a V0/V1 {what} in the current (V2 `layer`) format."
+    )
+    parser.add_argument("source", help=f"{what} in any Caffe format (V0, V1, V2)")
+    parser.add_argument("destination", help="where to write the V2 file (replaced atomically)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code == 0 else 1
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        upgrade(args.source, args.destination)
+    except (PipelineError, OSError) as exc:
+        print(f"upgrade_net_proto_{kind}: {exc}", file=sys.stderr)
+        return 2
+    return 0
