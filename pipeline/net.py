@@ -255,8 +255,14 @@ class Net(nn.Module):
         loss = None
         force = self.force_backward and torch.is_grad_enabled()
         served: set[int] = set()
+        retain, weights, detach_all, caches = (
+            self.retain_diffs,
+            self.loss_weights,
+            self.detach_bottoms,
+            self._cache_of_layer,
+        )
         for i, layer in enumerate(self.layers):
-            cache = self._cache_of_layer.get(i)
+            cache = caches.get(i) if caches else None
             if cache is not None:
                 if i == cache.first_layer:
                     cached = cache.lookup(values)
@@ -269,19 +275,18 @@ class Net(nn.Module):
                 tops = self._source_tops(layer, feeds, force)
             else:
                 bottoms = [values[b] for b in layer.bottom_names]
-                for j, detach in enumerate(self.detach_bottoms[i]):
-                    if detach:
-                        bottoms[j] = bottoms[j].detach()
+                if any(detach_all[i]):
+                    bottoms = [b.detach() if d else b for b, d in zip(bottoms, detach_all[i])]
                 tops = self._run(layer, bottoms, i)
             for j, (name, top) in enumerate(zip(layer.top_names, tops)):
                 values[name] = top
                 # Caffe's diff of an in-place chain is the gradient at the earliest value whose layer
                 # back-propagates (an in-place layer that does not leaves its top diff in the blob).
-                if self.retain_diffs and (name not in first or not first[name].requires_grad):
+                if retain and (name not in first or not first[name].requires_grad):
                     first[name] = top
                     if top.requires_grad:
                         top.retain_grad()
-                weight = self.loss_weights[i][j]
+                weight = weights[i][j]
                 if weight:
                     term = top.sum() * weight if weight != 1 else top.sum()
                     loss = term if loss is None else loss + term
@@ -305,12 +310,14 @@ class Net(nn.Module):
         return tops
 
     def _run(self, layer: Layer, bottoms: list[torch.Tensor], i: int) -> tuple[torch.Tensor, ...]:
+        # Straight to forward() unless someone hooked the layer: nn.Module.__call__ costs microseconds per layer.
+        call = layer if _has_hooks(layer) else layer.forward
         try:
             if self.contributes_loss[i] or not torch.is_grad_enabled():
-                out = layer(*bottoms)
+                out = call(*bottoms)
             else:
                 with torch.no_grad():
-                    out = layer(*bottoms)
+                    out = call(*bottoms)
         except PipelineError:
             raise
         except RuntimeError as exc:
@@ -330,6 +337,19 @@ class Net(nn.Module):
     def extra_repr(self) -> str:
         phase = caffe_pb2.Phase.Name(self.phase)
         return f"name={self.name!r}, phase={phase}, inputs={self.input_names}, outputs={self.output_names}"
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    hooks = torch.nn.modules.module
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks
+        or hooks._global_backward_hooks
+        or torch._C._get_tracing_state()
+    )
 
 
 def build_net(
