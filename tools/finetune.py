@@ -83,16 +83,7 @@ def run(args) -> int:
     with SignalActions("stop", "snapshot") as actions:
         job.action_request = actions
         result = job.run()
-    for stage in result.stages:
-        scores = ", ".join(f"{k} = {v:.6g}" for s in stage.test_scores for k, v in s.items() if k != "iter")
-        print(f"{stage.name}: iter {stage.iter} {'done' if stage.done else 'stopped'} {stage.weights or ''}")
-        if scores:
-            print(f"  test: {scores}")
-    if result.stopped:
-        print("stopped: run the same command again to resume")
-        return 3
-    print(f"final weights: {result.final_weights}")
-    return 0
+    return result.print_summary("", show_state=False)
 
 
 def main(argv=None) -> int:

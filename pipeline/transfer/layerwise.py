@@ -54,6 +54,22 @@ class RunResult:
     def final_weights(self) -> str | None:
         return self.stages[-1].weights if self.stages and self.stages[-1].done else None
 
+    def print_summary(self, stage_prefix: str = "", show_state: bool = False) -> int:
+        """One line per stage (with its test scores), then the final weights; the tools' exit status (3: stopped)."""
+        for stage in self.stages:
+            scores = ", ".join(f"{k} = {v:.6g}" for s in stage.test_scores for k, v in s.items() if k != "iter")
+            state = "done" if stage.done else "stopped"
+            print(f"{stage_prefix}{stage.name}: iter {stage.iter} {state} {stage.weights or ''}")
+            if scores:
+                print(f"  test: {scores}")
+        if show_state:
+            print(f"state: {self.state_file}")
+        if self.stopped:
+            print("stopped: run the same command again to resume")
+            return 3
+        print(f"final weights: {self.final_weights}")
+        return 0
+
 
 def _weight_items(weights: Iterable[WeightSpec]) -> list[tuple[str, dict[str, str]]]:
     items = []
