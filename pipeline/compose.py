@@ -1,4 +1,4 @@
-"""Composing nets inside templates: `{{ embed_net("lenet.prototxt", prefix="t_") }}`.
+"""Composing nets inside templates: `{{ embed_net("lenet.prototxt", prefix="t_", batch=64) }}`.
 
 A teacher-student prototxt needs the teacher's layers under other names (so two nets with a `conv1` can
 live in one file), without its data and loss layers, and frozen (lr_mult 0). `embed_net` renders another
@@ -68,16 +68,17 @@ def embed_layers(
     return layers
 
 
-def embed_net_text(
+def embed_net(
     template: str,
+    *,
+    search_from: str = "<string>",
     prefix: str = "t_",
     shared=("data", "label"),
     freeze: bool = True,
     drop_sources: bool = True,
     drop_losses: bool = True,
-    variables: dict | None = None,
-    search_from: str = "<string>",
     keep_phase_rules: bool | None = None,
+    **variables,
 ) -> str:
     """Render and parse `template` (found beside the including file or in prototxt/), return its layers."""
     from pathlib import Path
@@ -92,7 +93,7 @@ def embed_net_text(
         from pipeline.errors import TemplateError
 
         raise TemplateError(f"embed_net: template '{template}' not found beside {search_from} or in prototxt/")
-    net = upgrade_net(parse_text(render_file(path, variables or {}), caffe_pb2.NetParameter(), str(path)), str(path))
+    net = upgrade_net(parse_text(render_file(path, variables), caffe_pb2.NetParameter(), str(path)), str(path))
     keep = not drop_sources if keep_phase_rules is None else keep_phase_rules
     layers = embed_layers(net, prefix, tuple(shared), drop_sources, drop_losses, freeze, keep)
     return "".join("layer {\n" + _indent(text_format.MessageToString(layer)) + "}\n" for layer in layers)

@@ -9,6 +9,7 @@ and in the project's `prototxt/` folder.
 from __future__ import annotations
 
 import ast
+import functools
 import traceback
 from pathlib import Path
 
@@ -51,7 +52,10 @@ def render_text(text: str, variables: dict | None = None, path: str = "<string>"
     """Render template text. `path` names the file in errors and is where includes are looked up first."""
     here = Path(path).resolve().parent if path != "<string>" else Path.cwd()
     env = _environment([here, PROJECT_PROTOTXT_DIR])
-    env.globals["embed_net"] = _embed_net_for(path)
+    # Imported here: compose renders the embedded template through this module.
+    from pipeline.compose import embed_net
+
+    env.globals["embed_net"] = functools.partial(embed_net, search_from=path)
     env.globals["fail"] = _fail
     try:
         template = env.from_string(text)
@@ -89,23 +93,6 @@ def _template_location(exc: BaseException, path: str) -> tuple[str, object]:
 def _fail(message: str):
     """`{{ fail("data must be lmdb, dummy, hdf5 or input") }}`: a template's own error, with its line."""
     raise TemplateError(message)
-
-
-def _embed_net_for(path: str):
-    def embed_net(
-        template: str,
-        prefix: str = "t_",
-        shared=("data", "label"),
-        freeze: bool = True,
-        drop_sources: bool = True,
-        drop_losses: bool = True,
-        **variables,
-    ) -> str:
-        from pipeline.compose import embed_net_text
-
-        return embed_net_text(template, prefix, shared, freeze, drop_sources, drop_losses, variables, path)
-
-    return embed_net
 
 
 def render_file(path: str | Path, variables: dict | None = None) -> str:

@@ -153,16 +153,31 @@ Options make_options(double temperature, double alpha, int64_t mode, bool teache
   return Options{temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch};
 }
 
+// The checked, contiguous inputs both CPU kernels work on.
+struct Rows {
+  at::Tensor s, t, labels;
+  int64_t rows, n;
+  const int64_t* lab;  // nullptr when no labels were given
+};
+
+Rows prepare_rows(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& label, const Options& o) {
+  check_inputs(student, teacher, label, o);
+  Rows r{student.contiguous(), teacher.contiguous(), label.numel() ? label.to(at::kLong).contiguous() : label, 0, 0,
+         nullptr};
+  r.rows = r.s.size(0);
+  r.n = r.s.size(1);
+  r.lab = r.labels.numel() ? r.labels.data_ptr<int64_t>() : nullptr;
+  return r;
+}
+
 at::Tensor forward_cpu(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& label,
                        double temperature, double alpha, int64_t mode, bool teacher_is_prob, int64_t ignore_label,
                        bool has_ignore, int64_t normalization, int64_t batch) {
   Options o = make_options(temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch);
-  check_inputs(student, teacher, label, o);
-  auto s = student.contiguous();
-  auto t = teacher.contiguous();
-  auto labels = label.numel() ? label.to(at::kLong).contiguous() : label;
-  const int64_t rows = s.size(0), n = s.size(1);
-  const int64_t* lab = labels.numel() ? labels.data_ptr<int64_t>() : nullptr;
+  const Rows in = prepare_rows(student, teacher, label, o);
+  const at::Tensor &s = in.s, &t = in.t;
+  const int64_t rows = in.rows, n = in.n;
+  const int64_t* lab = in.lab;
   if (lab != nullptr && (o.alpha < 1)) {
     for (int64_t r = 0; r < rows; ++r) {
       TORCH_CHECK(row_ignored(lab, r, o) || (lab[r] >= 0 && lab[r] < n), "distill_loss: label ", lab[r],
@@ -195,12 +210,10 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, 
                         const at::Tensor& label, double temperature, double alpha, int64_t mode, bool teacher_is_prob,
                         int64_t ignore_label, bool has_ignore, int64_t normalization, int64_t batch) {
   Options o = make_options(temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch);
-  check_inputs(student, teacher, label, o);
-  auto s = student.contiguous();
-  auto t = teacher.contiguous();
-  auto labels = label.numel() ? label.to(at::kLong).contiguous() : label;
-  const int64_t rows = s.size(0), n = s.size(1);
-  const int64_t* lab = labels.numel() ? labels.data_ptr<int64_t>() : nullptr;
+  const Rows in = prepare_rows(student, teacher, label, o);
+  const at::Tensor &s = in.s, &t = in.t;
+  const int64_t rows = in.rows, n = in.n;
+  const int64_t* lab = in.lab;
   auto grad = at::empty_like(s);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "distill_loss_backward_cpu", [&] {
     const scalar_t scale = scalar_t(grad_loss.item<double>() / normaliser<scalar_t>(lab, rows, o));

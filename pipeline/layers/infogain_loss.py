@@ -22,10 +22,9 @@ from pipeline.layers.loss_common import (
     class_labels,
     ignore_label,
     normalization_mode,
-    normalizer,
 )
 from pipeline.layers.registry import register
-from pipeline.layers.softmax_loss import SoftmaxTargetLoss
+from pipeline.layers.softmax_loss import softmax_target_tops
 from pipeline.proto import caffe_pb2
 
 
@@ -88,11 +87,7 @@ class InfogainLoss(Layer):
         # Row H[label] for every position, laid out like the scores (outer, C, inner); zero where ignored.
         rows = (matrix[lab] * valid.unsqueeze(1).to(scores.dtype)).view(outer, inner, num_classes).transpose(1, 2)
         x = scores.reshape(outer, num_classes, inner)
-        norm = normalizer(self.normalization, outer, inner, valid.sum(), x)
-        loss, prob = SoftmaxTargetLoss.apply(x, rows, norm, LOG_THRESHOLD)
-        if len(self.top_names) == 1:
-            return loss
-        return loss, prob.reshape(scores.shape)
+        return softmax_target_tops(self, scores, x, rows, valid, outer, inner, LOG_THRESHOLD)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, axis={self.axis}, ignore_label={self.ignore_label}"

@@ -49,6 +49,13 @@ class SoftmaxTargetLoss(torch.autograd.Function):
         return grad, None, None, None
 
 
+def softmax_target_tops(layer, scores, x, targets, valid, outer, inner, threshold):
+    """The loss (and, with a second top, the probabilities shaped like `scores`) of a softmax-target layer."""
+    norm = normalizer(layer.normalization, outer, inner, valid.sum(), x)
+    loss, prob = SoftmaxTargetLoss.apply(x, targets, norm, threshold)
+    return loss if len(layer.top_names) == 1 else (loss, prob.reshape(scores.shape))
+
+
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(Layer):
     num_bottoms = (2, 2)
@@ -69,11 +76,7 @@ class SoftmaxWithLoss(Layer):
         lab, valid = class_labels(self, labels, num_classes, self.ignore_label)
         x = scores.reshape(outer, num_classes, inner)
         onehot = torch.zeros_like(x).scatter_(1, lab.view(outer, 1, inner), valid.view(outer, 1, inner).to(x.dtype))
-        norm = normalizer(self.normalization, outer, inner, valid.sum(), x)
-        loss, prob = SoftmaxTargetLoss.apply(x, onehot, norm, FLT_MIN)
-        if len(self.top_names) == 1:
-            return loss
-        return loss, prob.reshape(scores.shape)
+        return softmax_target_tops(self, scores, x, onehot, valid, outer, inner, FLT_MIN)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, axis={self.axis}, ignore_label={self.ignore_label}"
