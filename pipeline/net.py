@@ -206,6 +206,19 @@ class Net(nn.Module):
             if flags and len(flags) != len(layer.bottom_names):
                 raise layer.error(f"propagate_down has {len(flags)} values for {len(layer.bottom_names)} bottoms")
             self.detach_bottoms.append([not f for f in flags] if flags else [False] * len(layer.bottom_names))
+        # What forward() needs of each layer, looked up once: (index, layer, bottom names or None for a source,
+        # detach flags or None, top names, loss weights or None).
+        self._steps = [
+            (
+                i,
+                layer,
+                None if layer.is_source else list(layer.bottom_names),
+                detach if any(detach) else None,
+                list(layer.top_names),
+                weights if any(weights) else None,
+            )
+            for i, (layer, detach, weights) in enumerate(zip(self.layers, self.detach_bottoms, self.loss_weights))
+        ]
         consumed = {b for layer in self.layers for b in layer.bottom_names}
         self.output_names = [b for b in self.blob_shapes if b not in consumed]
         self.input_names = [t for layer in self.layers if layer.is_source for t in layer.top_names]
@@ -245,7 +258,8 @@ class Net(nn.Module):
 
         Returns the net's output blobs (those no layer reads). The weighted total loss is left in `self.loss`.
         """
-        feeds = {**self.feed, **dict(zip(self.input_names, args)), **feeds}
+        if self.feed or args:
+            feeds = {**self.feed, **dict(zip(self.input_names, args)), **feeds}
         # Drop the previous pass's blobs first, so two passes' activations are never alive at once.
         # object.__setattr__: nn.Module's own __setattr__ costs microseconds per call on this hot path.
         for name, value in (("feed", {}), ("_values", {}), ("_first_values", {}), ("loss", None)):
@@ -253,15 +267,12 @@ class Net(nn.Module):
         values: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         loss = None
-        force = self.force_backward and torch.is_grad_enabled()
+        grad_enabled = torch.is_grad_enabled()
+        force = self.force_backward and grad_enabled
+        hooked = _global_hooks()
         served: set[int] = set()
-        retain, weights, detach_all, caches = (
-            self.retain_diffs,
-            self.loss_weights,
-            self.detach_bottoms,
-            self._cache_of_layer,
-        )
-        for i, layer in enumerate(self.layers):
+        retain, caches = self.retain_diffs, self._cache_of_layer
+        for i, layer, bottom_names, detach, top_names, top_weights in self._steps:
             cache = caches.get(i) if caches else None
             if cache is not None:
                 if i == cache.first_layer:
@@ -271,25 +282,29 @@ class Net(nn.Module):
                         served.add(id(cache))
                 if id(cache) in served:
                     continue
-            if layer.is_source:
+            if bottom_names is None:
                 tops = self._source_tops(layer, feeds, force)
             else:
-                bottoms = [values[b] for b in layer.bottom_names]
-                if any(detach_all[i]):
-                    bottoms = [b.detach() if d else b for b, d in zip(bottoms, detach_all[i])]
-                tops = self._run(layer, bottoms, i)
-            for j, (name, top) in enumerate(zip(layer.top_names, tops)):
+                bottoms = [values[b] for b in bottom_names]
+                if detach:
+                    bottoms = [b.detach() if d else b for b, d in zip(bottoms, detach)]
+                tops = self._run(layer, bottoms, i, grad_enabled, hooked)
+            for name, top in zip(top_names, tops):
                 values[name] = top
-                # Caffe's diff of an in-place chain is the gradient at the earliest value whose layer
-                # back-propagates (an in-place layer that does not leaves its top diff in the blob).
-                if retain and (name not in first or not first[name].requires_grad):
-                    first[name] = top
-                    if top.requires_grad:
-                        top.retain_grad()
-                weight = weights[i][j]
-                if weight:
-                    term = top.sum() * weight if weight != 1 else top.sum()
-                    loss = term if loss is None else loss + term
+            if retain:
+                for name, top in zip(top_names, tops):
+                    # Caffe's diff of an in-place chain is the gradient at the earliest value whose layer
+                    # back-propagates (an in-place layer that does not leaves its top diff in the blob).
+                    if name not in first or not first[name].requires_grad:
+                        first[name] = top
+                        if top.requires_grad:
+                            top.retain_grad()
+            if top_weights:
+                for top, weight in zip(tops, top_weights):
+                    if weight:
+                        total = top if top.dim() == 0 else top.sum()  # a scalar loss top needs no sum node
+                        term = total * weight if weight != 1 else total
+                        loss = term if loss is None else loss + term
         for cache in self.soft_target_caches:
             if id(cache) not in served:
                 cache.remember(values[cache.blob])
@@ -300,20 +315,22 @@ class Net(nn.Module):
 
     def _source_tops(self, layer: Layer, feeds: dict, force: bool) -> list[torch.Tensor]:
         if all(t in feeds for t in layer.top_names):
-            tops = [torch.as_tensor(feeds[t]) for t in layer.top_names]
+            tops = [_as_tensor(feeds[t]) for t in layer.top_names]
         else:
             produced = layer()
             produced = (produced,) if isinstance(produced, torch.Tensor) else produced
-            tops = [torch.as_tensor(feeds[t]) if t in feeds else p for t, p in zip(layer.top_names, produced)]
+            tops = [_as_tensor(feeds[t]) if t in feeds else p for t, p in zip(layer.top_names, produced)]
         if force:
             tops = [t.detach().requires_grad_(True) if t.is_floating_point() else t for t in tops]
         return tops
 
-    def _run(self, layer: Layer, bottoms: list[torch.Tensor], i: int) -> tuple[torch.Tensor, ...]:
+    def _run(self, layer: Layer, bottoms: list[torch.Tensor], i: int, grad_enabled=None, hooked=None):
+        if grad_enabled is None:
+            grad_enabled, hooked = torch.is_grad_enabled(), _global_hooks()
         # Straight to forward() unless someone hooked the layer: nn.Module.__call__ costs microseconds per layer.
-        call = layer if _has_hooks(layer) else layer.forward
+        call = layer if hooked or _has_own_hooks(layer) else layer.forward
         try:
-            if self.contributes_loss[i] or not torch.is_grad_enabled():
+            if not grad_enabled or self.contributes_loss[i]:
                 out = call(*bottoms)
             else:
                 with torch.no_grad():
@@ -339,13 +356,19 @@ class Net(nn.Module):
         return f"name={self.name!r}, phase={phase}, inputs={self.input_names}, outputs={self.output_names}"
 
 
-def _has_hooks(module: nn.Module) -> bool:
+def _as_tensor(value) -> torch.Tensor:
+    # as_tensor dispatches a no-op conversion even for a tensor; feeds are usually tensors already.
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+
+
+def _has_own_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+
+
+def _global_hooks() -> bool:
     hooks = torch.nn.modules.module
     return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or hooks._global_forward_hooks
+        hooks._global_forward_hooks
         or hooks._global_forward_pre_hooks
         or hooks._global_backward_hooks
         or torch._C._get_tracing_state()

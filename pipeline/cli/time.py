@@ -29,6 +29,9 @@ def _layer_times(net, device) -> tuple[list[float], list[float]]:
     """One forward of the net, layer by layer, timing each layer's forward and its own backward."""
     forward_ms, backward_ms = [], []
     values = {}
+    # Like Caffe's bottom_need_backward: a blob carries a gradient only if a learnable parameter lies upstream
+    # (or force_backward), so e.g. a Dropout on the data times no backward, as in training.
+    needs_grad: dict[str, bool] = {}
     for i, layer in enumerate(net.layers):
         if layer.is_source:
             start = time.perf_counter()
@@ -36,8 +39,15 @@ def _layer_times(net, device) -> tuple[list[float], list[float]]:
             _sync(device)
             forward_ms.append((time.perf_counter() - start) * 1e3)
             backward_ms.append(0.0)
+            needs_grad.update(dict.fromkeys(layer.top_names, net.force_backward))
         else:
-            bottoms = [values[b].detach().requires_grad_(values[b].is_floating_point()) for b in layer.bottom_names]
+            flows = [needs_grad[b] and not d for b, d in zip(layer.bottom_names, net.detach_bottoms[i])]
+            learns = any(p.requires_grad for p in layer.parameters())
+            needs_grad.update(dict.fromkeys(layer.top_names, any(flows) or learns))
+            bottoms = [
+                values[b].detach().requires_grad_(flow and values[b].is_floating_point())
+                for b, flow in zip(layer.bottom_names, flows)
+            ]
             start = time.perf_counter()
             tops = net._run(layer, bottoms, i)
             _sync(device)

@@ -26,7 +26,7 @@ class InnerProduct(Layer):
         return [tuple(shape[: self.axis]) + (p.num_output,)]
 
     def forward(self, x):
-        flat = x.reshape(*x.shape[: self.axis], -1)
+        flat = x if x.dim() == self.axis + 1 else x.reshape(*x.shape[: self.axis], -1)
         weight = self.weight.t() if self.transpose else self.weight
         return F.linear(flat, weight, self.bias)
 

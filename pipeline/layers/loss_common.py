@@ -65,6 +65,11 @@ def normalization_mode(layer: Layer, default: int = VALID) -> int:
     return default
 
 
+def shape_normalizer(mode: int, outer: int, inner: int) -> float:
+    """The normaliser when no label is ignored: every mode's count is then a constant of the shape."""
+    return float(max(1, {FULL: outer * inner, VALID: outer * inner, BATCH_SIZE: outer, NONE: 1}[mode]))
+
+
 def normalizer(mode: int, outer: int, inner: int, valid_count: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Caffe's LossLayer::GetNormalizer, clamped to >= 1 so a batch with every label ignored gives 0, not NaN."""
     if mode == VALID:
@@ -84,7 +89,9 @@ def class_labels(
     Caffe only DCHECKs the label range (a release build reads out of bounds); we refuse instead.
     """
     values = labels.detach().reshape(-1).long()
-    valid = values != ignore if ignore is not None else torch.ones_like(values, dtype=torch.bool)
+    if ignore is None:
+        return checked_class_labels(layer, values, num_classes), torch.ones_like(values, dtype=torch.bool)
+    valid = values != ignore
     bad = valid & ((values < 0) | (values >= num_classes))
     if bool(bad.any()):
         first = int(values[bad][0])
@@ -93,3 +100,14 @@ def class_labels(
             f"[0, {num_classes})" + (f" and is not the ignore_label {ignore}" if ignore is not None else "")
         )
     return torch.where(valid, values, torch.zeros_like(values)), valid
+
+
+def checked_class_labels(layer: Layer, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Flat integer labels, every one in [0, num_classes) (no ignore_label): one min/max pass checks them."""
+    values = labels.detach().reshape(-1).long()
+    if values.numel():
+        low, high = torch.aminmax(values)
+        if int(low) < 0 or int(high) >= num_classes:
+            first = int(values[(values < 0) | (values >= num_classes)][0])
+            raise layer.error(f"label {first} in bottom '{layer.bottom_names[1]}' is out of range [0, {num_classes})")
+    return values

@@ -16,10 +16,12 @@ from pipeline.layers.loss_common import (
     FLT_MIN,
     check_label_count,
     check_same_first_dim,
+    checked_class_labels,
     class_labels,
     ignore_label,
     normalization_mode,
     normalizer,
+    shape_normalizer,
 )
 from pipeline.layers.registry import register
 
@@ -49,6 +51,30 @@ class SoftmaxTargetLoss(torch.autograd.Function):
         return grad, None, None, None
 
 
+class SoftmaxLabelLoss(torch.autograd.Function):
+    """SoftmaxWithLoss's common case, one class index per row of (N, C) scores and no ignore_label: the loss
+    -sum(log(max(p[label], FLT_MIN))) / normalizer gathers each row's probability instead of weighting a one-hot
+    matrix, and Caffe's backward is p with 1 taken off at the label, times top_diff / normalizer.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, labels, norm: float):
+        prob = torch.softmax(scores, 1)
+        index = labels.unsqueeze(1)
+        picked = prob.gather(1, index)
+        loss = picked.clamp_min(FLT_MIN).log_().sum().neg_().div_(norm)
+        ctx.save_for_backward(prob, index, picked)
+        ctx.norm = norm
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        prob, index, picked = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return prob.scatter(1, index, picked - 1).mul_(grad_loss / ctx.norm), None, None
+
+
 def softmax_target_tops(layer, scores, x, targets, valid, outer, inner, threshold):
     """The loss (and, with a second top, the probabilities shaped like `scores`) of a softmax-target layer."""
     norm = normalizer(layer.normalization, outer, inner, valid.sum(), x)
@@ -73,6 +99,10 @@ class SoftmaxWithLoss(Layer):
     def forward(self, scores, labels):
         num_classes = scores.shape[self.axis]
         outer, inner = check_label_count(self, tuple(scores.shape), tuple(labels.shape), self.axis)
+        if inner == 1 and self.ignore_label is None and len(self.top_names) == 1:
+            lab = checked_class_labels(self, labels, num_classes)
+            x = scores if scores.dim() == 2 else scores.reshape(outer, num_classes)
+            return SoftmaxLabelLoss.apply(x, lab, shape_normalizer(self.normalization, outer, inner))
         lab, valid = class_labels(self, labels, num_classes, self.ignore_label)
         x = scores.reshape(outer, num_classes, inner)
         onehot = torch.zeros_like(x).scatter_(1, lab.view(outer, 1, inner), valid.view(outer, 1, inner).to(x.dtype))
