@@ -22,6 +22,20 @@ def interleaved_median(
     candidates: dict[str, Callable[[], None]], rounds: int = 15, reps: int = 10, warmup: int = 3
 ) -> dict[str, float]:
     """Median seconds per call of each candidate, timed round-robin so machine drift hits all alike."""
+    samples = interleaved_samples(candidates, rounds, reps, warmup)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def paired_ratio(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of the two candidates' time ratio within the round: each pair ran back to back, so
+    a slow spell of the machine cancels out of its ratio instead of landing on one candidate's median."""
+    return statistics.median(a / b for a, b in zip(samples[numerator], samples[denominator]))
+
+
+def interleaved_samples(
+    candidates: dict[str, Callable[[], None]], rounds: int = 15, reps: int = 10, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate in every round, timed round-robin."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -34,4 +48,4 @@ def interleaved_median(
             for _ in range(reps):
                 fn()
             samples[name].append((time.perf_counter() - start) / reps)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples

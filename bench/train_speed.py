@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine  # noqa: E402
-from bench.net_overhead import HandCifarQuick, HandLeNet  # noqa: E402
+from bench.net_overhead import ChannelsLast, HandCifarQuick, HandLeNet  # noqa: E402
 from pipeline.glog import setup_logging  # noqa: E402
 from pipeline.solvers import build_solver, read_solver_param  # noqa: E402
 
@@ -44,11 +44,14 @@ def ours(folder: Path) -> float:
     return time.perf_counter() - start
 
 
-def hand(folder: Path, model_cls, iterations: int, batch: int, lr: float, momentum: float, decay: float) -> float:
+def hand(
+    folder: Path, model_cls, iterations: int, batch: int, lr: float, momentum: float, decay: float, nhwc: bool
+) -> float:
+    """The plain PyTorch loop; `nhwc`: with the NHWC convolutions our Convolution layer uses on the CPU."""
     path = (folder / (folder / "train.txt").read_text().split()[0]).resolve()
     with h5py.File(path, "r") as f:
         data, label = torch.from_numpy(np.asarray(f["data"])), torch.from_numpy(np.asarray(f["label"])).long()
-    model = model_cls()
+    model = ChannelsLast(model_cls()) if nhwc else model_cls()
     optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=decay)
     start = time.perf_counter()
     for i in range(iterations):
@@ -76,16 +79,20 @@ def main() -> int:
         iterations = param.max_iter
         net_text = (folder / "net.prototxt").read_text()
         batch = int(net_text.split("batch_size:")[1].split()[0])
-        ours_s, hand_s = [], []
+        ours_s, hand_s, plain_s = [], [], []
+        rule = (param.base_lr, param.momentum, param.weight_decay)
         for _ in range(args.repeats):
             ours_s.append(ours(folder))
-            hand_s.append(hand(folder, model_cls, iterations, batch, param.base_lr, param.momentum, param.weight_decay))
+            hand_s.append(hand(folder, model_cls, iterations, batch, *rule, nhwc=True))
+            plain_s.append(hand(folder, model_cls, iterations, batch, *rule, nhwc=False))
         ours_ips, hand_ips = iterations / statistics.median(ours_s), iterations / statistics.median(hand_s)
+        plain_ips = iterations / statistics.median(plain_s)
         caffe_ips = caffe[case]["median_iterations_per_second"]
         ratio = hand_ips / ours_ips
         worst_ratio, worst_vs_caffe = max(worst_ratio, ratio), min(worst_vs_caffe, ours_ips / caffe_ips)
         print(
-            f"{case:24s} ours {ours_ips:7.1f} it/s  hand-written {hand_ips:7.1f} it/s  (ours {ratio:.3f}x slower)  "
+            f"{case:24s} ours {ours_ips:7.1f} it/s  hand-written (NHWC convolutions, as ours) {hand_ips:7.1f} it/s "
+            f"(ours {ratio:.3f}x slower)  plain hand-written (NCHW) {plain_ips:7.1f} it/s  "
             f"Caffe 1.0 {caffe_ips:6.1f} it/s  (ours {ours_ips / caffe_ips:.2f}x Caffe)"
         )
     verdict = "PASS" if worst_ratio <= 1.1 else "FAIL"

@@ -1,5 +1,6 @@
 """Convolution and Deconvolution, 1-D to 3-D spatial, with Caffe's kernel/stride/pad/dilation forms."""
 
+import torch
 import torch.nn.functional as F
 
 from pipeline.layers.base import Layer, canonical_axis
@@ -7,6 +8,17 @@ from pipeline.layers.registry import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _prefers_channels_last(x: torch.Tensor) -> bool:
+    # Not while tracing or compiling: exported graphs (ONNX, torch.export) keep plain convolutions.
+    return (
+        x.dim() == 4
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
 
 
 def spatial_param(layer, p, field: str, n: int, default: int) -> tuple[int, ...]:
@@ -94,7 +106,13 @@ class Convolution(_ConvBase):
 
     def compute(self, x):
         conv = _CONV[len(self.kernel)]
-        return conv(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
+        weight = self.weight
+        if _prefers_channels_last(x):
+            # oneDNN convolves float32 about 1.5x faster in NHWC memory than in NCHW, forward and backward (LeNet,
+            # CIFAR10-quick: bench/net_overhead.py). Only the memory layout changes: shapes and values stay Caffe's
+            # NCHW, and `.to` (not `.contiguous`) forces the layout even for one channel.
+            x, weight = x.to(memory_format=torch.channels_last), weight.to(memory_format=torch.channels_last)
+        return conv(x, weight, self.bias, self.stride, self.pad, self.dilation, self.group)
 
 
 @register("Deconvolution")
