@@ -155,24 +155,46 @@ class Net(nn.Module):
         return layer.param.param[index] if index < len(layer.param.param) else caffe_pb2.ParamSpec()
 
     def _share_params(self) -> None:
-        owners: dict[str, tuple[Layer, int]] = {}
+        owners: dict[str, tuple[Layer, str]] = {}
+        self._shared_views: list[tuple[Layer, str, Layer, str, torch.Size]] = []
         for layer in self.layers:
             for index, attr in enumerate(n for n in layer.blob_names if getattr(layer, n, None) is not None):
                 name = self._param_spec(layer, index).name
                 if not name:
                     continue
                 if name not in owners:
-                    owners[name] = (layer, index)
+                    owners[name] = (layer, attr)
                     continue
-                owner_layer, owner_index = owners[name]
-                owner = owner_layer.blobs[owner_index]
+                owner_layer, owner_attr = owners[name]
+                owner = getattr(owner_layer, owner_attr)
                 mine = getattr(layer, attr)
-                if owner.numel() != mine.numel():
+                if owner.shape == mine.shape:
+                    setattr(layer, attr, owner)
+                    continue
+                # Caffe's Net::AppendParam: STRICT (the default) wants equal shapes, PERMISSIVE equal counts.
+                permissive = self._param_spec(layer, index).share_mode == caffe_pb2.ParamSpec.PERMISSIVE
+                if not permissive or owner.numel() != mine.numel():
+                    what = "counts" if permissive else "shapes (share_mode: PERMISSIVE needs only equal counts)"
                     raise layer.error(
-                        f"shares parameter '{name}' with layer '{owner_layer.name}' but shapes differ: "
+                        f"shares parameter '{name}' with layer '{owner_layer.name}' but their {what} differ: "
                         f"{list(mine.shape)} vs {list(owner.shape)}"
                     )
-                setattr(layer, attr, owner if owner.shape == mine.shape else owner.view(mine.shape))
+                owner.data = owner.data.contiguous()  # a view of another shape needs plain strides
+                del layer._parameters[attr]  # not a parameter of its own: a view of the owner, made each pass
+                self._shared_views.append((layer, attr, owner_layer, owner_attr, mine.shape))
+        self._refresh_shared_views()
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        if getattr(self, "_shared_views", None):  # .to() / .double() moved the owners: the views follow
+            self._refresh_shared_views()
+        return result
+
+    def _refresh_shared_views(self) -> None:
+        # Made afresh every pass, so each records its own autograd view of the owner as it is now (after
+        # `.to()`, `.double()`, a loaded file): the gradient reaches the owner, and the layer sees its values.
+        for layer, attr, owner_layer, owner_attr, shape in self._shared_views:
+            object.__setattr__(layer, attr, getattr(owner_layer, owner_attr).view(shape))
 
     def _collect_learnable(self) -> list[LearnableParam]:
         seen: set[int] = set()
@@ -264,6 +286,8 @@ class Net(nn.Module):
         # object.__setattr__: nn.Module's own __setattr__ costs microseconds per call on this hot path.
         for name, value in (("feed", {}), ("_values", {}), ("_first_values", {}), ("loss", None)):
             object.__setattr__(self, name, value)
+        if self._shared_views:
+            self._refresh_shared_views()
         values: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}
         loss = None

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.errors import NetBuildError
 from pipeline.net import Net
@@ -201,3 +202,31 @@ def test_double_precision_and_repr():
     out = net(x=torch.randn(4, 5, dtype=torch.float64), t=torch.randn(4, 3, dtype=torch.float64))
     assert out["loss"].dtype == torch.float64
     assert "InnerProduct" in repr(net) and "weight=[3, 5]" in repr(net)
+
+
+SHARED_CONVS = """
+layer { name: "in" type: "Input" top: "x" top: "y"
+        input_param { shape { dim: 2 dim: 2 dim: 5 dim: 5 } shape { dim: 2 dim: 1 dim: 5 dim: 5 } } }
+layer { name: "a" type: "Convolution" bottom: "x" top: "a" param { name: "w" }
+        convolution_param { num_output: 4 kernel_size: 3 bias_term: false weight_filler { type: "gaussian" } } }
+layer { name: "c" type: "Convolution" bottom: "y" top: "c" param { name: "w" MODE }
+        convolution_param { num_output: 8 kernel_size: 3 bias_term: false } }
+layer { name: "la" type: "Reduction" bottom: "a" top: "la" loss_weight: 1 }
+layer { name: "lc" type: "Reduction" bottom: "c" top: "lc" loss_weight: 1 }
+"""
+
+
+def test_sharing_a_parameter_of_another_shape_needs_permissive_mode():
+    with pytest.raises(NetBuildError, match=r"layer 'c'.*shares parameter 'w' with layer 'a'.*\[8, 1, 3, 3\] vs"):
+        Net(net_from_string(SHARED_CONVS.replace("MODE", "")), phase="TRAIN")
+    net = Net(net_from_string(SHARED_CONVS.replace("MODE", "share_mode: PERMISSIVE")), phase="TRAIN").double()
+    owner, view = net.params["a"][0], net.params["c"][0]
+    assert view.shape == (8, 1, 3, 3) and view.dtype == torch.float64 and view.data_ptr() == owner.data_ptr()
+    assert len(net.learnable_params) == 1
+    x, y = torch.randn(2, 2, 5, 5, dtype=torch.float64), torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    for _ in range(2):  # the view is made afresh each pass: a second backward works too
+        net.clear_param_diffs()
+        net(x=x, y=y)
+        net.loss.backward()
+        both = torch.autograd.grad(F.conv2d(x, owner).sum() + F.conv2d(y, owner.reshape(8, 1, 3, 3)).sum(), owner)[0]
+        torch.testing.assert_close(owner.grad, both)

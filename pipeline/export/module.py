@@ -243,8 +243,16 @@ def export_program(
         dynamic = (tuple({0: torch.export.Dim.AUTO} if b else {} for b in batch_inputs(args)),)
     try:
         with torch.no_grad():
-            return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+            program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
     except PipelineError:
         raise
     except Exception as exc:  # torch.export raises many types (UserError, GuardOnDataDependentSymNode, ...)
         raise ExportError(f"torch.export failed for net '{net.name}': {type(exc).__name__}: {exc}") from exc
+    # Convolution keeps its weights in NHWC memory; the saved program's tensors should be plain row-major ones.
+    for name, tensor in program.state_dict.items():
+        if not tensor.is_contiguous():
+            plain = tensor.detach().contiguous()
+            program.state_dict[name] = (
+                nn.Parameter(plain, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else plain
+            )
+    return program

@@ -38,8 +38,9 @@ def blob_items(net):
 
 
 def state_dict(net) -> dict[str, torch.Tensor]:
-    """The net's blobs keyed "<layer>/<i>" (detached, on the CPU, float32): what `save_safetensors` writes."""
-    return {key: blob.detach().to("cpu", torch.float32) for key, blob in blob_items(net)}
+    """The net's blobs keyed "<layer>/<i>" (detached, on the CPU, float32, in plain row-major memory even where a
+    layer keeps its blob otherwise, as Convolution does): what `save_safetensors` writes."""
+    return {key: blob.detach().to("cpu", torch.float32).contiguous() for key, blob in blob_items(net)}
 
 
 def _header(entries: list[tuple[str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:

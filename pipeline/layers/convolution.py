@@ -100,6 +100,14 @@ class _ConvBase(Layer):
 
 @register("Convolution")
 class Convolution(_ConvBase):
+    def setup(self, bottom_shapes):
+        tops = super().setup(bottom_shapes)
+        if self.weight.dim() == 4 and self.weight.dtype == torch.float32:
+            # Keep the weight in NHWC memory, as compute() convolves it: no conversion of the weight forward, nor of
+            # its gradient backward. Only strides change; shape, values and every reader stay as they were.
+            self.weight.data = self.weight.data.to(memory_format=torch.channels_last)
+        return tops
+
     def output_size(self, i, size, axis):
         extent = self.dilation[axis] * (self.kernel[axis] - 1) + 1
         return (size + 2 * self.pad[axis] - extent) // self.stride[axis] + 1

@@ -24,6 +24,8 @@ from pipeline.layers.loss_common import (
     shape_normalizer,
 )
 from pipeline.layers.registry import register
+from pipeline.ops.softmax_loss import available as fused_loss_available
+from pipeline.ops.softmax_loss import softmax_label_loss
 
 
 class SoftmaxTargetLoss(torch.autograd.Function):
@@ -75,6 +77,17 @@ class SoftmaxLabelLoss(torch.autograd.Function):
         return prob.scatter(1, index, picked - 1).mul_(grad_loss / ctx.norm), None, None
 
 
+def _runs_fused(x: torch.Tensor) -> bool:
+    # The C++ op has CPU kernels for float and double; traced and compiled graphs keep the ATen formulation.
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and fused_loss_available()
+    )
+
+
 def softmax_target_tops(layer, scores, x, targets, valid, outer, inner, threshold):
     """The loss (and, with a second top, the probabilities shaped like `scores`) of a softmax-target layer."""
     norm = normalizer(layer.normalization, outer, inner, valid.sum(), x)
@@ -94,15 +107,22 @@ class SoftmaxWithLoss(Layer):
         check_label_count(self, scores, labels, self.axis)
         self.ignore_label = ignore_label(self)
         self.normalization = normalization_mode(self)
+        fused_loss_available()  # built (first time only) at set-up, not in the middle of training
         return [()] + [tuple(scores)] * (len(self.top_names) - 1)
 
     def forward(self, scores, labels):
         num_classes = scores.shape[self.axis]
         outer, inner = check_label_count(self, tuple(scores.shape), tuple(labels.shape), self.axis)
         if inner == 1 and self.ignore_label is None and len(self.top_names) == 1:
-            lab = checked_class_labels(self, labels, num_classes)
             x = scores if scores.dim() == 2 else scores.reshape(outer, num_classes)
-            return SoftmaxLabelLoss.apply(x, lab, shape_normalizer(self.normalization, outer, inner))
+            norm = shape_normalizer(self.normalization, outer, inner)
+            if _runs_fused(x):
+                try:
+                    return softmax_label_loss(x, labels, norm)
+                except RuntimeError:
+                    checked_class_labels(self, labels, num_classes)  # a bad label: say which, in which bottom
+                    raise
+            return SoftmaxLabelLoss.apply(x, checked_class_labels(self, labels, num_classes), norm)
         lab, valid = class_labels(self, labels, num_classes, self.ignore_label)
         x = scores.reshape(outer, num_classes, inner)
         onehot = torch.zeros_like(x).scatter_(1, lab.view(outer, 1, inner), valid.view(outer, 1, inner).to(x.dtype))

@@ -7,16 +7,13 @@ for CUDA and the autograd (its own backward op); it is compiled once by torch.ut
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
-from pathlib import Path
 
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.ops.build import build_op_library
 
-SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "distill.cpp"
 MODES = {"KL": 0, "LOGIT_MATCHING": 1}
 NORMALIZATIONS = {"FULL": 0, "VALID": 1, "BATCH_SIZE": 2, "NONE": 3}
 _lock = threading.Lock()
@@ -32,24 +29,12 @@ def load_library() -> None:
     with _lock:
         if _loaded:
             return
-        compiler = os.environ.get("CXX", "c++")
-        if shutil.which(compiler) is None:
-            raise PipelineError(
-                f"the distillation op is C++ and needs a compiler: '{compiler}' was not found "
-                "(install g++, e.g. `apt-get install g++`, or set CXX)"
-            )
-        from torch.utils.cpp_extension import load
-
-        try:
-            load(
-                name="caffe_pipeline_distill",
-                sources=[str(SOURCE)],
-                extra_cflags=["-O3", "-std=c++17", "-ffast-math", "-fopenmp-simd", "-march=native"],
-                is_python_module=False,
-                verbose=False,
-            )
-        except (RuntimeError, OSError, ImportError) as exc:
-            raise PipelineError(f"building the distillation op from {SOURCE} failed: {exc}") from None
+        build_op_library(
+            "caffe_pipeline_distill",
+            "distill.cpp",
+            ["-O3", "-std=c++17", "-ffast-math", "-fopenmp-simd", "-march=native"],
+            "distillation op",
+        )
         _register_python_kernels()
         _loaded = True
 
