@@ -32,11 +32,9 @@ class SGDSolver(Solver):
         check_policy(self.param)
         self.check_hyperparameters()
         self.params = self.net.learnable_params
-        self.history = [
-            torch.zeros_like(p.tensor, memory_format=torch.contiguous_format)
-            for _ in range(self.history_per_param)
-            for p in self.params
-        ]
+        # Laid out like their parameters (Convolution keeps NHWC weights): the update's element-wise ops then
+        # run on matching strides, the fast path.
+        self.history = [torch.zeros_like(p.tensor) for _ in range(self.history_per_param) for p in self.params]
         # A frozen parameter (lr_mult 0, no decay) whose history is still zero keeps it zero under every rule:
         # skipping it saves the work of a frozen teacher net. A restored non-zero history clears the flag.
         self._pristine = [True] * len(self.params)
