@@ -85,6 +85,12 @@ class Layer(nn.Module):
         return f"name={self.name!r}, bottoms={self.bottom_names}, tops={self.top_names}"
 
 
+def eager_cpu(x: torch.Tensor) -> bool:
+    """A CPU tensor outside tracing and compiling: where layers may take CPU-only fast paths (NHWC memory, C++
+    kernels). Traced and compiled graphs (ONNX, torch.export, torch.compile) keep plain ATen ops."""
+    return x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
 def check_counts(layer: Layer, n_bottoms: int, n_tops: int) -> None:
     for what, count, allowed in (("bottom", n_bottoms, layer.num_bottoms), ("top", n_tops, layer.num_tops)):
         if allowed is None:

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from pipeline.layers.base import Layer, canonical_axis
+from pipeline.layers.base import Layer, canonical_axis, eager_cpu
 from pipeline.layers.registry import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -11,14 +11,7 @@ _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def _prefers_channels_last(x: torch.Tensor) -> bool:
-    # Not while tracing or compiling: exported graphs (ONNX, torch.export) keep plain convolutions.
-    return (
-        x.dim() == 4
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-    )
+    return x.dim() == 4 and x.dtype == torch.float32 and eager_cpu(x)
 
 
 def spatial_param(layer, p, field: str, n: int, default: int) -> tuple[int, ...]:

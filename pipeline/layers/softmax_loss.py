@@ -11,7 +11,7 @@ the probability top is not propagated: only the loss top back-propagates.
 
 import torch
 
-from pipeline.layers.base import Layer, canonical_axis
+from pipeline.layers.base import Layer, canonical_axis, eager_cpu
 from pipeline.layers.loss_common import (
     FLT_MIN,
     check_label_count,
@@ -78,14 +78,8 @@ class SoftmaxLabelLoss(torch.autograd.Function):
 
 
 def _runs_fused(x: torch.Tensor) -> bool:
-    # The C++ op has CPU kernels for float and double; traced and compiled graphs keep the ATen formulation.
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and fused_loss_available()
-    )
+    # The C++ op has CPU kernels for float and double.
+    return x.dtype in (torch.float32, torch.float64) and eager_cpu(x) and fused_loss_available()
 
 
 def softmax_target_tops(layer, scores, x, targets, valid, outer, inner, threshold):
