@@ -129,3 +129,23 @@ def test_unbuildable_op_warns_once_and_reports_unavailable(monkeypatch):
     with pytest.warns(UserWarning, match="needs a compiler.*ATen ops instead"):
         assert op_module.available() is False
     assert op_module.available() is False  # remembered: no second build attempt, no second warning
+
+
+def test_opcheck_registrations():
+    scores = torch.randn(6, 5, requires_grad=True)
+    torch.library.opcheck(
+        torch.ops.caffe_pipeline.softmax_label_loss.default, (scores, torch.tensor([0.0, 1, 2, 3, 4, 0]), 6.0)
+    )
+
+
+def test_torch_compile_of_a_model_using_the_op():
+    model = torch.nn.Linear(6, 4)
+    x, labels = torch.randn(8, 6), torch.tensor([0.0, 1, 2, 3, 3, 2, 1, 0])
+
+    def step(inputs):
+        return op_module.softmax_label_loss(model(inputs), labels, 8.0)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), step(x))
+    compiled(x).backward()
+    assert model.weight.grad is not None
