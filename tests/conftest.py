@@ -22,3 +22,16 @@ def shared_cases(*parts: str) -> list[str]:
     return (
         sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_")) if folder.exists() else []
     )
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    """The weights tests' tiny net (tests/weights_util.py) saved as tiny.caffemodel: (net, path)."""
+    from weights_util import tiny_net
+
+    from pipeline.weights import save_caffemodel
+
+    net = tiny_net()
+    path = tmp_path / "tiny.caffemodel"
+    save_caffemodel(net, path)
+    return net, path

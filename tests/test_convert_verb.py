@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
-from test_export import TOL, ZOO, zoo_deploy
+from export_util import TOL, zoo_deploy
+from model_zoo_util import ZOO
 
 from pipeline.cli import main as cli_main
 from pipeline.export import default_output, load_safetensors, run_onnx

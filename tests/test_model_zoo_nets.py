@@ -1,35 +1,30 @@
-"""The model zoo (prototxt/*.prototxt templates) and its solvers (solvers/*.prototxt).
+"""The model zoo's net templates (prototxt/*.prototxt).
 
-Every net template renders in all its forms (train_val with lmdb / dummy / hdf5 / input data, and deploy), builds in
-TRAIN and TEST and as deploy with the right output blobs, shapes and parameter counts; the small nets run forward and
-backward; the nets that re-create published Caffe models match those prototxts layer for layer and, loaded with the
-weights the real Caffe ran, reproduce its blobs (../shared; skipped without it).
+Every net template renders in all its forms (train_val with lmdb / dummy / hdf5 / input data, and deploy), takes its
+variables and names bad ones; it builds in TRAIN and TEST and as deploy with the right output blobs, shapes and
+parameter counts; the small nets run forward and backward.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, shared_path
-from reference import scale_tolerance
+from conftest import shared_path
+from model_zoo_util import FORMS, ZOO
 
 import pipeline.layers.base as layer_base
 from pipeline.data.convert import compute_image_mean, write_images
 from pipeline.errors import PipelineError, TemplateError
 from pipeline.fillers import check_filler
 from pipeline.net import Net
-from pipeline.netspec import filter_net, net_state
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string, read_net, read_solver, read_text
-from pipeline.weights import copy_layer_blobs, read_npz_weights
+from pipeline.prototxt import net_from_string, read_net, read_text
+from pipeline.weights import copy_layer_blobs
 
-ZOO = ROOT / "prototxt"
-SOLVERS = ROOT / "solvers"
 DATA_TYPES = {"lmdb": "Data", "dummy": "DummyData", "hdf5": "HDF5Data", "input": "Input"}
 
 
@@ -80,13 +75,6 @@ SPECS = [
     ),
 ]
 SMALL = [s for s in SPECS if s.small]
-FORMS = {
-    "lmdb": {},
-    "dummy": {"data": "dummy"},
-    "hdf5": {"data": "hdf5"},
-    "input": {"data": "input"},
-    "deploy": {"deploy": True},
-}
 
 
 def _ids(specs):
@@ -239,6 +227,13 @@ name: "tiny"
     assert torch.isfinite(net.loss)
 
 
+def test_zoo_errors_are_ours():
+    # Wrong variable values reach the user as our errors naming the template line, not Jinja tracebacks.
+    for template, variables in (("mobilenet", {"data": 3}), ("resnet_cifar", {"depth": "deep"})):
+        with pytest.raises(PipelineError, match=r"\.prototxt:\d+: "):
+            read_text(ZOO / f"{template}.prototxt", variables)
+
+
 # ----- building ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec", SPECS, ids=_ids(SPECS))
 def test_builds_with_caffe_shapes_and_parameter_counts(spec, shapes_only):
@@ -304,219 +299,3 @@ def test_big_nets_build_with_fillers_and_run(spec):
     with torch.no_grad():
         prob = deploy(torch.randn(1, *deploy.blob_shapes["data"][1:]))["prob"]
     assert prob.shape == (1, *spec.prob[1:]) and torch.isfinite(prob).all()
-
-
-# ----- against the published originals (../shared) ----------------------------------------------------------------
-def _canonical(message):
-    """A copy with every unset optional scalar written out, so that `pad: 0` equals no pad."""
-    message = type(message).FromString(message.SerializeToString())
-    for fd in message.DESCRIPTOR.fields:
-        if fd.is_repeated:
-            if fd.message_type is not None:
-                items = [_canonical(m) for m in getattr(message, fd.name)]
-                del getattr(message, fd.name)[:]
-                getattr(message, fd.name).extend(items)
-        elif fd.message_type is not None:
-            if message.HasField(fd.name):
-                getattr(message, fd.name).CopyFrom(_canonical(getattr(message, fd.name)))
-        else:
-            setattr(message, fd.name, getattr(message, fd.name))
-    if isinstance(message, caffe_pb2.ConvolutionParameter):
-        # Repeated geometry fields: none given means Caffe's default; one value stands for every axis.
-        for name, default in (("pad", 0), ("stride", 1), ("dilation", 1)):
-            values = set(getattr(message, name)) or {default}
-            if len(values) == 1:
-                del getattr(message, name)[:]
-                getattr(message, name).append(values.pop())
-    return message
-
-
-def _layers(net, phase, rename=None, fillers=True):
-    """Name -> canonical layer of the net's `phase` form, data layers left out, blobs renamed."""
-    rename = rename or {}
-    result = {}
-    for layer in filter_net(net, net_state(net, phase)).layer:
-        if not layer.bottom:
-            continue
-        layer = _canonical(layer)
-        layer.ClearField("include")  # the phase filter has done its work
-        layer.name = rename.get(layer.name, layer.name)
-        for blobs in (layer.bottom, layer.top):
-            renamed = [rename.get(b, b) for b in blobs]
-            del blobs[:]
-            blobs.extend(renamed)
-        if layer.type == "BatchNorm":  # the zoo writes Caffe's implicit lr_mult 0 and phase-default stats out
-            layer.ClearField("param")
-            layer.ClearField("batch_norm_param")
-        if layer.type in ("Convolution", "InnerProduct"):
-            p = layer.convolution_param if layer.type == "Convolution" else layer.inner_product_param
-            for f in (p.weight_filler, p.bias_filler):
-                f.std = round(f.std, 3)  # ResNet's He std: 0.083 in the file, 0.0833 here
-            if not fillers:
-                p.ClearField("weight_filler")
-                p.ClearField("bias_filler")
-        result[layer.name] = layer
-    return result
-
-
-DATA_BLOBS = {"Data1": "data", "Data2": "label"}
-MINI = {f"{kind}_t_{i}": f"{kind}{i}" for kind in ("conv", "pool", "relu", "norm", "ip") for i in (1, 2, 3)}
-QUICK = "caffe-models/cifar10_quick_v1/"  # V1 files: upgraded on reading
-FULL = "caffe-models/cifar10_full_h5/cifar10_full_train_test.prototxt"
-RESNET20 = "caffe-models/resnet20_cifar/res20_cifar_train_test.prototxt"
-MOBILENET = "caffe-models/mobilenet_cifar/"
-ORIGINALS = [
-    # (template, form, original under ../shared, phase, blob/layer renames, same layer list, compare fillers)
-    ("lenet", "deploy", "caffe-models/lenet_v2/lenet.prototxt", "TEST", {}, True, True),
-    ("cifar10_quick", "lmdb", QUICK + "cifar10_quick_train_test.prototxt", "TEST", {}, True, True),
-    ("cifar10_quick", "deploy", QUICK + "cifar10_quick.prototxt", "TEST", {}, True, False),
-    ("cifar10_full", "lmdb", FULL, "TRAIN", {}, True, True),
-    ("cifar10_full", "lmdb", FULL, "TEST", {}, True, True),
-    ("cifar10_full", "deploy", "caffe-models/cifar10_full_h5/cifar10_full.prototxt", "TEST", {}, True, False),
-    ("cifar10_mini", "lmdb", "seedrepo/cifar10/models/cifar10_mini.prototxt", "TEST", MINI, True, True),
-    ("resnet_cifar", "lmdb", RESNET20, "TRAIN", DATA_BLOBS, True, True),
-    ("resnet_cifar", "lmdb", RESNET20, "TEST", DATA_BLOBS, True, True),
-    ("mobilenet", "lmdb", MOBILENET + "train.prototxt", "TRAIN", DATA_BLOBS, True, True),
-    ("mobilenet", "lmdb", MOBILENET + "test.prototxt", "TEST", DATA_BLOBS, True, True),
-    ("mobilenet", "deploy", MOBILENET + "deploy.prototxt", "TEST", {"Softmax1": "prob"}, True, True),
-    ("caffenet", "lmdb", "seedrepo/imagenet/alexnet-VGG/alexnet.prototxt", "TRAIN", {}, True, True),
-    # The study's NIN teacher sits inside its teacher-student net: compare the layers the two share.
-    ("nin", "lmdb", "seedrepo/cifar10/models/ts_cifar10_nin.prototxt", "TRAIN", {}, False, True),
-]
-
-
-@pytest.mark.parametrize(
-    "template, form, original, phase, rename, same_list, fillers",
-    ORIGINALS,
-    ids=[f"{o[0]}-{o[1]}-{o[3]}" for o in ORIGINALS],
-)
-def test_matches_the_published_prototxt(template, form, original, phase, rename, same_list, fillers):
-    path = shared_path(*original.split("/"))
-    theirs = _layers(read_net(path), phase, rename, fillers)
-    variables = {"variant": "alexnet"} if "alexnet" in original else {}
-    ours = _layers(read_net(ZOO / f"{template}.prototxt", {**variables, **FORMS[form]}), phase, fillers=fillers)
-    if same_list:
-        assert list(ours) == list(theirs)
-    else:
-        ours = {k: v for k, v in ours.items() if k in theirs and v.type not in ("SoftmaxWithLoss", "Accuracy")}
-        assert len(ours) >= 20
-    for name, layer in ours.items():
-        assert layer == theirs[name], f"layer {name}:\nours {layer}\ntheirs {theirs[name]}"
-
-
-# (template, variables, caffe-reference case): the zoo's deploy net with the weights the real Caffe ran.
-REFERENCE = [
-    ("lenet", {}, "lenet_ethereon"),
-    ("cifar10_quick", {}, "cifar10_quick_everpeace"),
-    ("cifar10_full", {}, "cifar10_full_jwcom79_h5"),
-    ("resnet_cifar", {}, "resnet20_junyuseu"),
-    ("mobilenet", {}, "mobilenet_cifar_lijianfei"),
-]
-
-
-@pytest.mark.parametrize("template, variables, case", REFERENCE, ids=[r[0] for r in REFERENCE])
-def test_deploy_net_with_published_weights_reproduces_caffe(template, variables, case):
-    folder = shared_path("caffe-reference", "forward", case)
-    meta = json.loads((folder / "meta.json").read_text())
-    with np.load(folder / "input.npz") as npz:
-        image = npz["data" if "data" in npz.files else "Data1"]
-    net = Net(
-        read_net(ZOO / f"{template}.prototxt", {**variables, "deploy": True, "deploy_batch": image.shape[0]}),
-        phase="TEST",
-        seed=0,
-    )
-    report = copy_layer_blobs(net, read_npz_weights(folder / "weights.npz"), str(folder))
-    assert report.missing == [], "zoo layers the published model has no weights for"
-    with torch.no_grad():
-        prob = net(torch.from_numpy(image))["prob"]
-    compared = 0
-    with np.load(folder / "blobs.npz") as blobs:
-        for name in blobs.files:
-            if name in net.blob_shapes and name != "data":
-                ours = net.blobs[name].data.numpy()
-                assert ours.shape == blobs[name].shape, name
-                assert np.abs(ours - blobs[name]).max() <= scale_tolerance(blobs[name]), name
-                compared += 1
-        expected = meta.get("predicted_classes") or blobs["InnerProduct1"].argmax(1).tolist()
-    assert compared >= 5
-    assert prob.argmax(1).tolist() == expected
-
-
-# ----- solvers ------------------------------------------------------------------------------------------------------
-BVLC_SOLVERS = {
-    "lenet_solver": dict(
-        net="prototxt/lenet.prototxt",
-        base_lr=0.01,
-        momentum=0.9,
-        weight_decay=0.0005,
-        lr_policy="inv",
-        gamma=0.0001,
-        power=0.75,
-        display=100,
-        max_iter=10000,
-        snapshot=5000,
-        test_iter=[100],
-        test_interval=500,
-        snapshot_prefix="runs/lenet/lenet",
-    ),
-    "cifar10_quick_solver": dict(
-        net="prototxt/cifar10_quick.prototxt",
-        base_lr=0.001,
-        momentum=0.9,
-        weight_decay=0.004,
-        lr_policy="fixed",
-        display=100,
-        max_iter=4000,
-        snapshot=4000,
-        test_iter=[100],
-        test_interval=500,
-        snapshot_prefix="runs/cifar10_quick/cifar10_quick",
-    ),
-    "cifar10_full_solver": dict(
-        net="prototxt/cifar10_full.prototxt",
-        base_lr=0.001,
-        momentum=0.9,
-        weight_decay=0.004,
-        lr_policy="fixed",
-        display=200,
-        max_iter=60000,
-        snapshot=10000,
-        test_iter=[100],
-        test_interval=1000,
-        snapshot_prefix="runs/cifar10_full/cifar10_full",
-    ),
-}
-
-
-@pytest.mark.parametrize("path", sorted(SOLVERS.glob("*.prototxt")), ids=lambda p: p.stem)
-def test_every_solver_renders_and_names_an_existing_net(path):
-    solver = read_solver(path)
-    nets = [solver.net, solver.train_net, *solver.test_net]
-    assert any(nets) and all((ROOT / n).exists() for n in nets if n)
-
-
-@pytest.mark.parametrize("name", BVLC_SOLVERS)
-def test_solver_has_bvlcs_recipe(name):
-    solver = read_solver(SOLVERS / f"{name}.prototxt")
-    for key, value in BVLC_SOLVERS[name].items():
-        got = list(getattr(solver, key)) if isinstance(value, list) else getattr(solver, key)
-        assert got == (pytest.approx(value) if isinstance(value, float) else value), key
-    assert (ROOT / solver.net).exists()
-    assert solver.solver_mode == caffe_pb2.SolverParameter.CPU
-
-
-def test_solver_variables():
-    solver = read_solver(
-        SOLVERS / "lenet_solver.prototxt", {"max_iter": 200, "base_lr": 0.1, "run": "runs/x", "solver_mode": "GPU"}
-    )
-    assert (solver.max_iter, solver.base_lr, solver.snapshot_prefix) == (200, pytest.approx(0.1), "runs/x/lenet")
-    assert solver.solver_mode == caffe_pb2.SolverParameter.GPU
-    full = read_solver(SOLVERS / "cifar10_full_solver.prototxt", {"snapshot_format": "HDF5"})
-    assert full.snapshot_format == caffe_pb2.SolverParameter.HDF5
-
-
-def test_zoo_errors_are_ours():
-    # Wrong variable values reach the user as our errors naming the template line, not Jinja tracebacks.
-    for template, variables in (("mobilenet", {"data": 3}), ("resnet_cifar", {"depth": "deep"})):
-        with pytest.raises(PipelineError, match=r"\.prototxt:\d+: "):
-            read_text(ZOO / f"{template}.prototxt", variables)
