@@ -22,8 +22,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@# graphviz draws nets (tools/draw_net.py), chromium checks the run report in a real browser; best effort:
 	@# the tests that need them skip without them.
-	@(command -v dot >/dev/null && command -v chromium >/dev/null) || (command -v apt-get >/dev/null && \
-		[ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq graphviz chromium >/dev/null) ) || true
+	@# libopenblas0-pthread: the OpenBLAS that BVLC Caffe ran on, for the bit-exact `--caffe-blas` mode.
+	@(command -v dot >/dev/null && command -v chromium >/dev/null && \
+		[ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ]) || (command -v apt-get >/dev/null && \
+		[ "$$(id -u)" = 0 ] && (apt-get update -qq && \
+		apt-get install -y -qq graphviz chromium libopenblas0-pthread >/dev/null) ) || true
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help_text, description=help_text)
         # Looked up now, not at decoration: modules attach `run.add_arguments` after the decorator ran.
         getattr(run, "add_arguments", lambda parser: None)(sub)
+        if name in ("train", "test", "time"):
+            sub.add_argument(
+                "--caffe-blas",
+                action="store_true",
+                help="reproduce BVLC Caffe's CPU float32 arithmetic bit for bit (its OpenBLAS calls; slower); "
+                "also CAFFE_EXACT_BLAS=1",
+            )
         sub.set_defaults(run=run)
     return parser
 
@@ -58,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 def run_guarded(run: Callable, args, program: str | None = None) -> int:
     """Run a verb or tool: our errors become one line on stderr and exit status 1, Ctrl-C exit status 130."""
     try:
+        if getattr(args, "caffe_blas", False):
+            from pipeline.caffe_blas import exact_blas
+
+            exact_blas(True)
         return int(run(args) or 0)
     except PipelineError as exc:
         print(f"{program + ': ' if program else ''}error: {exc}", file=sys.stderr)

@@ -3,7 +3,9 @@
 import torch
 import torch.nn.functional as F
 
+from pipeline import caffe_blas
 from pipeline.layers.base import Layer, canonical_axis, eager_cpu
+from pipeline.layers.caffe_gemm import ConvolutionGemm
 from pipeline.layers.registry import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -106,6 +108,8 @@ class Convolution(_ConvBase):
         return (size + 2 * self.pad[axis] - extent) // self.stride[axis] + 1
 
     def compute(self, x):
+        if caffe_blas.active(x) and len(self.kernel) == 2:
+            return ConvolutionGemm.apply(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
         conv = _CONV[len(self.kernel)]
         weight = self.weight
         if _prefers_channels_last(x):

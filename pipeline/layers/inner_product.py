@@ -2,7 +2,9 @@
 
 import torch.nn.functional as F
 
+from pipeline import caffe_blas
 from pipeline.layers.base import Layer, canonical_axis, count
+from pipeline.layers.caffe_gemm import InnerProductGemm
 from pipeline.layers.registry import register
 
 
@@ -27,6 +29,10 @@ class InnerProduct(Layer):
 
     def forward(self, x):
         flat = x if x.dim() == self.axis + 1 else x.reshape(*x.shape[: self.axis], -1)
+        if caffe_blas.active(x):
+            rows = flat.reshape(-1, flat.shape[-1])
+            top = InnerProductGemm.apply(rows, self.weight, self.bias, self.transpose)
+            return top.reshape(*flat.shape[:-1], top.shape[-1])
         weight = self.weight.t() if self.transpose else self.weight
         return F.linear(flat, weight, self.bias)
 

@@ -11,7 +11,9 @@ the probability top is not propagated: only the loss top back-propagates.
 
 import torch
 
+from pipeline import caffe_blas
 from pipeline.layers.base import Layer, canonical_axis, eager_cpu
+from pipeline.layers.caffe_gemm import caffe_label_loss, caffe_softmax_rows
 from pipeline.layers.loss_common import (
     FLT_MIN,
     check_label_count,
@@ -60,11 +62,14 @@ class SoftmaxLabelLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scores, labels, norm: float):
-        prob = torch.softmax(scores, 1)
+    def forward(ctx, scores, labels, norm: float, softmax=None):
+        prob = torch.softmax(scores, 1) if softmax is None else softmax(scores)
         index = labels.unsqueeze(1)
         picked = prob.gather(1, index)
-        loss = picked.clamp_min(FLT_MIN).log_().sum().neg_().div_(norm)
+        if softmax is None:
+            loss = picked.clamp_min(FLT_MIN).log_().sum().neg_().div_(norm)
+        else:  # Caffe's own arithmetic (exact BLAS mode)
+            loss = caffe_label_loss(picked, norm, FLT_MIN)
         ctx.save_for_backward(prob, index, picked)
         ctx.norm = norm
         return loss
@@ -73,8 +78,8 @@ class SoftmaxLabelLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         prob, index, picked = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None
-        return prob.scatter(1, index, picked - 1).mul_(grad_loss / ctx.norm), None, None
+            return None, None, None, None
+        return prob.scatter(1, index, picked - 1).mul_(grad_loss / ctx.norm), None, None, None
 
 
 def _runs_fused(x: torch.Tensor) -> bool:
@@ -110,6 +115,9 @@ class SoftmaxWithLoss(Layer):
         if inner == 1 and self.ignore_label is None and len(self.top_names) == 1:
             x = scores if scores.dim() == 2 else scores.reshape(outer, num_classes)
             norm = shape_normalizer(self.normalization, outer, inner)
+            if caffe_blas.active(x):
+                lab = checked_class_labels(self, labels, num_classes)
+                return SoftmaxLabelLoss.apply(x, lab, norm, caffe_softmax_rows)
             if _runs_fused(x):
                 try:
                     return softmax_label_loss(x, labels, norm)

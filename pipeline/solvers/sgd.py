@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline import caffe_blas
 from pipeline.errors import SolverError
 from pipeline.solvers.base import Solver, fmt
 from pipeline.solvers.lr_policy import LrState, check_policy, learning_rate
@@ -68,7 +69,8 @@ class SGDSolver(Solver):
                 diff = self.normalize(diff)
                 diff = self.regularize(p.tensor, diff, local_decay)
                 update = self.compute_update_value(i, diff, f32(rate * f32(p.lr_mult)))
-                p.tensor.sub_(update)
+                if not caffe_blas.axpy(-1.0, update, p.tensor.detach()):  # Caffe's Blob::Update
+                    p.tensor.sub_(update)
 
     @staticmethod
     def _diff(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -108,12 +110,16 @@ class SGDSolver(Solver):
         if not local_decay:
             return diff
         if self.param.regularization_type == "L2":
+            if caffe_blas.axpy(float(local_decay), weight.detach(), diff):
+                return diff
             return diff.add_(weight, alpha=float(local_decay))
         return diff.add_(torch.sign(weight), alpha=float(local_decay))
 
     def compute_update_value(self, i: int, diff: torch.Tensor, local_rate: np.float32) -> torch.Tensor:
         """history = momentum * history + local_rate * diff; the update is the history."""
         history = self.history[i]
+        if caffe_blas.axpby(float(local_rate), diff, float(f32(self.param.momentum)), history):
+            return history
         history.mul_(float(f32(self.param.momentum))).add_(diff.mul_(float(local_rate)))
         return history
 

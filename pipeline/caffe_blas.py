@@ -1,0 +1,162 @@
+"""Caffe's own BLAS calls, for runs that must reproduce BVLC Caffe's float32 arithmetic bit for bit.
+
+Caffe's CPU convolution and InnerProduct are im2col plus OpenBLAS `cblas_sgemm`, its softmax sums through
+`cblas_sgemv`; a product summed in another order (oneDNN, torch's BLAS) differs in the last bits, and chaotic
+training runs (AdaGrad, Adam, CIFAR10-quick) turn that into visible loss differences within tens of iterations.
+With the OpenBLAS that Caffe was linked against (Debian's libopenblas0-pthread, 0.3.21 for the reference runs
+of ../shared/caffe-reference) this module makes the same calls with the same arguments.
+
+Off by default (it is slower); on with `exact_blas(True)` (a context manager too) or CAFFE_EXACT_BLAS=1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import PipelineError
+
+#: Where Debian's OpenBLAS packages put the library (pthread variant first: the one Caffe was run with).
+CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+)
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+_state: dict[str, object] = {"on": os.environ.get("CAFFE_EXACT_BLAS", "") not in ("", "0")}
+
+
+def library_path() -> str | None:
+    """The OpenBLAS this module would load (CAFFE_OPENBLAS overrides the search), or None."""
+    explicit = os.environ.get("CAFFE_OPENBLAS")
+    if explicit:
+        return explicit
+    return next((path for path in CANDIDATES if Path(path).exists()), None)
+
+
+def _library() -> ctypes.CDLL:
+    lib = _state.get("lib")
+    if lib is None:
+        path = library_path()
+        if path is None:
+            raise PipelineError(
+                "exact Caffe BLAS needs OpenBLAS (Debian: apt-get install libopenblas0-pthread, or set CAFFE_OPENBLAS "
+                "to the libopenblas.so Caffe used)"
+            )
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as exc:
+            raise PipelineError(f"cannot load OpenBLAS from {path}: {exc}") from None
+        f, i, p = ctypes.c_float, ctypes.c_int, ctypes.c_void_p
+        lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+        lib.cblas_sgemm.restype = None
+        lib.cblas_sgemv.argtypes = [i, i, i, i, f, p, i, p, i, f, p, i]
+        lib.cblas_sgemv.restype = None
+        lib.cblas_saxpy.argtypes = [i, f, p, i, p, i]
+        lib.cblas_saxpy.restype = None
+        lib.cblas_saxpby.argtypes = [i, f, p, i, f, p, i]
+        lib.cblas_saxpby.restype = None
+        # Caffe's reference runs used OPENBLAS_NUM_THREADS=2, and OpenBLAS's threaded kernels round differently
+        # from its single-threaded ones: pin the count so results do not depend on the machine's cores.
+        lib.openblas_set_num_threads(int(os.environ.get("CAFFE_OPENBLAS_THREADS", "2")))
+        _state["lib"] = lib
+    return lib  # type: ignore[return-value]
+
+
+def available() -> bool:
+    return library_path() is not None
+
+
+def active(x: torch.Tensor) -> bool:
+    """Whether exact Caffe BLAS is on and applies to `x` (float32 on the CPU, outside tracing and compiling)."""
+    return (
+        bool(_state["on"])
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+@contextlib.contextmanager
+def _restoring(previous: bool):
+    try:
+        yield
+    finally:
+        _state["on"] = previous
+
+
+def exact_blas(enabled: bool = True):
+    """Switch exact Caffe BLAS on or off; as a context manager, restores the previous setting on exit."""
+    if enabled:
+        _library()  # fail now, with the remedy, rather than mid-forward
+    previous = bool(_state["on"])
+    _state["on"] = enabled
+    return _restoring(previous)
+
+
+def _ptr(t: torch.Tensor, offset: int = 0) -> int:
+    return t.data_ptr() + 4 * offset
+
+
+def gemm(trans_a: bool, trans_b: bool, m: int, n: int, k: int, alpha: float, a, b, beta: float, c) -> None:
+    """Caffe's caffe_cpu_gemm<float>: C (m x n) = alpha op(A) op(B) + beta C on row-major float32 buffers.
+
+    a, b, c are (tensor, element offset) pairs of contiguous float32 CPU tensors."""
+    lda = m if trans_a else k
+    ldb = k if trans_b else n
+    _library().cblas_sgemm(
+        ROW_MAJOR,
+        TRANS if trans_a else NO_TRANS,
+        TRANS if trans_b else NO_TRANS,
+        m,
+        n,
+        k,
+        alpha,
+        _ptr(*a),
+        lda,
+        _ptr(*b),
+        ldb,
+        beta,
+        _ptr(*c),
+        n,
+    )
+
+
+def gemv(trans_a: bool, m: int, n: int, alpha: float, a, x, beta: float, y) -> None:
+    """Caffe's caffe_cpu_gemv<float>: y = alpha op(A) x + beta y, A row-major m x n."""
+    _library().cblas_sgemv(
+        ROW_MAJOR, TRANS if trans_a else NO_TRANS, m, n, alpha, _ptr(*a), n, _ptr(*x), 1, beta, _ptr(*y), 1
+    )
+
+
+def _flat_pair(x: torch.Tensor, y: torch.Tensor) -> bool:
+    # Element-wise BLAS on raw memory: both dense with the same strides (e.g. an NHWC weight and its NHWC diff).
+    return x.stride() == y.stride() and x.is_contiguous(memory_format=_dense_format(x))
+
+
+def _dense_format(x: torch.Tensor) -> torch.memory_format:
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
+def axpy(alpha: float, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Caffe's caffe_axpy<float>: y += alpha x through OpenBLAS saxpy, if exact BLAS is on and x, y are float32
+    CPU tensors laid out alike; returns whether it did (else the caller does it its own way)."""
+    if not (active(y) and _flat_pair(x, y)):
+        return False
+    _library().cblas_saxpy(x.numel(), alpha, x.data_ptr(), 1, y.data_ptr(), 1)
+    return True
+
+
+def axpby(alpha: float, x: torch.Tensor, beta: float, y: torch.Tensor) -> bool:
+    """Caffe's caffe_cpu_axpby<float>: y = alpha x + beta y through OpenBLAS saxpby; like `axpy`, returns whether
+    it applied."""
+    if not (active(y) and _flat_pair(x, y)):
+        return False
+    _library().cblas_saxpby(x.numel(), alpha, x.data_ptr(), 1, beta, y.data_ptr(), 1)
+    return True

@@ -1,0 +1,173 @@
+"""InnerProduct, 2-D Convolution and the softmax as Caffe's CPU code computes them, call for call (see
+pipeline/caffe_blas.py): used by those layers while exact Caffe BLAS is on.
+
+Each function mirrors the Caffe source it names: the same BLAS calls with the same shapes, transposes, alphas
+and betas, the same loop over images and groups, im2col/col2im (torch's unfold/fold visit the elements in
+Caffe's order), and the same accumulation order of gradients.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.caffe_blas import gemm, gemv
+
+
+class InnerProductGemm(torch.autograd.Function):
+    """InnerProductLayer<float>::Forward_cpu / Backward_cpu; x is (M, K), weight (N, K), or (K, N) transposed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, transpose: bool):
+        x, weight = x.contiguous(), weight.contiguous()
+        m, k = x.shape
+        n = weight.shape[1] if transpose else weight.shape[0]
+        top = x.new_empty(m, n)
+        gemm(False, not transpose, m, n, k, 1.0, (x, 0), (weight, 0), 0.0, (top, 0))
+        if bias is not None:
+            gemm(False, False, m, n, 1, 1.0, (x.new_ones(m), 0), (bias.contiguous(), 0), 1.0, (top, 0))
+        ctx.save_for_backward(x, weight, bias)
+        ctx.transpose = transpose
+        return top
+
+    @staticmethod
+    def backward(ctx, top_diff):
+        x, weight, bias = ctx.saved_tensors
+        top_diff = top_diff.contiguous()
+        m, k = x.shape
+        n = top_diff.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight)
+            if ctx.transpose:
+                gemm(True, False, k, n, m, 1.0, (x, 0), (top_diff, 0), 1.0, (grad_w, 0))
+            else:
+                gemm(True, False, n, k, m, 1.0, (top_diff, 0), (x, 0), 1.0, (grad_w, 0))
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros_like(bias)
+            gemv(True, m, n, 1.0, (top_diff, 0), (x.new_ones(m), 0), 1.0, (grad_b, 0))
+        if ctx.needs_input_grad[0]:
+            grad_x = x.new_empty(m, k)
+            gemm(False, ctx.transpose, m, k, n, 1.0, (top_diff, 0), (weight, 0), 0.0, (grad_x, 0))
+        return grad_x, grad_w, grad_b, None
+
+
+class ConvolutionGemm(torch.autograd.Function):
+    """ConvolutionLayer<float> (BaseConvolutionLayer's forward_cpu_gemm, forward_cpu_bias, backward_cpu_bias,
+    weight_cpu_gemm, backward_cpu_gemm) for 2-D convolution of (N, C, H, W)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, pad, dilation, group: int):
+        x, weight = x.contiguous(), weight.contiguous()
+        num, _, height, width = x.shape
+        out_channels, _, kh, kw = weight.shape
+        geometry = dict(kernel_size=(kh, kw), dilation=dilation, padding=pad, stride=stride)
+        out_h = (height + 2 * pad[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+        out_w = (width + 2 * pad[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+        spatial = out_h * out_w
+        kernel_dim = weight[0].numel()
+        top = x.new_empty(num, out_channels, out_h, out_w)
+        ones = x.new_ones(spatial)
+        m = out_channels // group
+        for i in range(num):
+            col = F.unfold(x[i : i + 1], **geometry)[0].contiguous()
+            for g in range(group):
+                gemm(
+                    False,
+                    False,
+                    m,
+                    spatial,
+                    kernel_dim,
+                    1.0,
+                    (weight, g * m * kernel_dim),
+                    (col, g * kernel_dim * spatial),
+                    0.0,
+                    (top, i * out_channels * spatial + g * m * spatial),
+                )
+            if bias is not None:
+                gemm(
+                    False, False, out_channels, spatial, 1, 1.0, (bias.contiguous(), 0), (ones, 0), 1.0,
+                    (top, i * out_channels * spatial),
+                )  # fmt: skip
+        ctx.save_for_backward(x, weight, bias)
+        ctx.geometry, ctx.group, ctx.spatial = geometry, group, spatial
+        return top
+
+    @staticmethod
+    def backward(ctx, top_diff):
+        x, weight, bias = ctx.saved_tensors
+        top_diff = top_diff.contiguous()
+        geometry, group, spatial = ctx.geometry, ctx.group, ctx.spatial
+        num, channels, height, width = x.shape
+        out_channels = weight.shape[0]
+        kernel_dim = weight[0].numel()
+        m = out_channels // group
+        grad_x = grad_w = grad_b = None
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros_like(bias)
+            ones = x.new_ones(spatial)
+            for i in range(num):
+                gemv(
+                    False,
+                    out_channels,
+                    spatial,
+                    1.0,
+                    (top_diff, i * out_channels * spatial),
+                    (ones, 0),
+                    1.0,
+                    (grad_b, 0),
+                )
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight)
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+        col_diff = x.new_empty(channels * weight.shape[2] * weight.shape[3], spatial)
+        for i in range(num):
+            top_offset = i * out_channels * spatial
+            if grad_w is not None:
+                col = F.unfold(x[i : i + 1], **geometry)[0].contiguous()
+                for g in range(group):
+                    gemm(
+                        False, True, m, kernel_dim, spatial, 1.0, (top_diff, top_offset + g * m * spatial),
+                        (col, g * kernel_dim * spatial), 1.0, (grad_w, g * m * kernel_dim),
+                    )  # fmt: skip
+            if grad_x is not None:
+                for g in range(group):
+                    gemm(
+                        True, False, kernel_dim, spatial, m, 1.0, (weight, g * m * kernel_dim),
+                        (top_diff, top_offset + g * m * spatial), 0.0, (col_diff, g * kernel_dim * spatial),
+                    )  # fmt: skip
+                grad_x[i] = F.fold(col_diff[None], output_size=(height, width), **geometry)[0]
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+_libm = ctypes.CDLL(ctypes.util.find_library("m"))
+_libm.expf.argtypes, _libm.expf.restype = [ctypes.c_float], ctypes.c_float
+_libm.logf.argtypes, _libm.logf.restype = [ctypes.c_float], ctypes.c_float
+
+
+def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """SoftmaxLayer<float>::Forward_cpu on (rows, classes): subtract the row max, libm's expf element by element
+    (Caffe's caffe_exp), the row sum through OpenBLAS sgemv (its gemv with the sum multiplier), divide."""
+    rows, classes = x.shape
+    shifted = (x - x.amax(1, keepdim=True)).contiguous()
+    values = shifted.view(-1).tolist()
+    exps = torch.tensor([_libm.expf(v) for v in values], dtype=torch.float32).view(rows, classes)
+    sums = x.new_empty(rows)
+    ones = x.new_ones(classes)
+    for r in range(rows):
+        gemv(True, classes, 1, 1.0, (exps, r * classes), (ones, 0), 0.0, (sums, r))
+    return exps / sums[:, None]
+
+
+def caffe_label_loss(picked: torch.Tensor, normalizer: float, floor: float) -> torch.Tensor:
+    """SoftmaxWithLossLayer<float>::Forward_cpu's sum: loss -= log(max(p[label], FLT_MIN)) row by row in float,
+    with libm's logf, then loss / normalizer."""
+    loss = np.float32(0)
+    for p in picked.reshape(-1).tolist():
+        loss = np.float32(loss - np.float32(_libm.logf(max(p, floor))))
+    return torch.tensor(np.float32(loss / np.float32(normalizer)), dtype=picked.dtype)
