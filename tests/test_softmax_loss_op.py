@@ -9,7 +9,7 @@ from gradcheck_util import single_layer_net
 from pipeline.errors import NetBuildError
 from pipeline.layers import softmax_loss as layer_module
 from pipeline.layers.softmax_loss import SoftmaxLabelLoss
-from pipeline.ops import softmax_loss as op_module
+from pipeline.ops import caffe_cpu as op_module
 
 if not op_module.available():
     pytest.skip("the softmax loss op could not be built here (no C++ compiler)", allow_module_level=True)

@@ -26,8 +26,8 @@ from pipeline.layers.loss_common import (
     shape_normalizer,
 )
 from pipeline.layers.registry import register
-from pipeline.ops.softmax_loss import available as fused_loss_available
-from pipeline.ops.softmax_loss import softmax_label_loss
+from pipeline.ops.caffe_cpu import available as fused_loss_available
+from pipeline.ops.caffe_cpu import softmax_label_loss
 
 
 class SoftmaxTargetLoss(torch.autograd.Function):

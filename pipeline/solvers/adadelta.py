@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver
+from pipeline.solvers.sgd import SGDSolver, caffe_axpby, caffe_sqrt, caffe_square
 
 f32 = np.float32
 
@@ -24,8 +24,8 @@ class AdaDeltaSolver(SGDSolver):
         keep, take = float(momentum), float(f32(1) - momentum)
         grad_sq = self.history[i]
         step_sq = self.history[len(self.params) + i]
-        grad_sq.mul_(keep).add_((diff * diff).mul_(take))
-        ratio = (step_sq + delta).div_(grad_sq + delta).sqrt_()
+        caffe_axpby(take, caffe_square(diff), keep, grad_sq)
+        ratio = caffe_sqrt((step_sq + delta).div_(grad_sq + delta))
         diff.mul_(ratio)
-        step_sq.mul_(keep).add_((diff * diff).mul_(take))
+        caffe_axpby(take, caffe_square(diff), keep, step_sq)
         return diff.mul_(float(local_rate))

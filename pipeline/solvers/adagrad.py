@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.errors import SolverError
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver
+from pipeline.solvers.sgd import SGDSolver, caffe_sqrt, caffe_square
 
 f32 = np.float32
 
@@ -19,6 +19,6 @@ class AdaGradSolver(SGDSolver):
 
     def compute_update_value(self, i, diff, local_rate):
         history = self.history[i]
-        history.add_(diff * diff)
-        update = history.sqrt().add_(float(f32(self.param.delta)))
+        history.add_(caffe_square(diff))
+        update = caffe_sqrt(history).add_(float(f32(self.param.delta)))
         return diff.div_(update).mul_(float(local_rate))

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver
+from pipeline.solvers.sgd import SGDSolver, caffe_axpby, caffe_sqrt
 
 f32 = np.float32
 
@@ -26,7 +26,7 @@ class AdamSolver(SGDSolver):
         correction = f32(math.sqrt(1.0 - math.pow(float(beta2), t)) / (1.0 - math.pow(float(beta1), t)))
         m = self.history[i]
         v = self.history[len(self.params) + i]
-        m.mul_(float(beta1)).add_(diff * float(f32(1) - beta1))
-        v.mul_(float(beta2)).add_((diff * diff).mul_(float(f32(1) - beta2)))
-        update = v.sqrt().add_(float(f32(self.param.delta)))
+        caffe_axpby(float(f32(1) - beta1), diff, float(beta1), m)
+        caffe_axpby(float(f32(1) - beta2), diff * diff, float(beta2), v)  # Caffe squares with caffe_mul here
+        update = caffe_sqrt(v).add_(float(f32(self.param.delta)))
         return (m / update).mul_(float(f32(local_rate * correction)))

@@ -7,7 +7,7 @@ import numpy as np
 
 from pipeline.errors import SolverError
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver
+from pipeline.solvers.sgd import SGDSolver, caffe_axpby, caffe_sqrt, caffe_square
 
 f32 = np.float32
 
@@ -24,6 +24,6 @@ class RMSPropSolver(SGDSolver):
     def compute_update_value(self, i, diff, local_rate):
         decay = f32(self.param.rms_decay)
         history = self.history[i]
-        history.mul_(float(decay)).add_((diff * diff).mul_(float(f32(1) - decay)))
-        update = history.sqrt().add_(float(f32(self.param.delta)))
+        caffe_axpby(float(f32(1) - decay), caffe_square(diff), float(decay), history)
+        update = caffe_sqrt(history).add_(float(f32(self.param.delta)))
         return diff.div_(update).mul_(float(local_rate))

@@ -1,4 +1,10 @@
-// Caffe's SoftmaxWithLoss for one class label per row of (rows, classes) scores, as one fused op each way.
+// Caffe's CPU arithmetic as torch ops. Compiled without fast-math: every rounding is Caffe's.
+//
+// caffe_powx(x, p): caffe_powx<float>, i.e. std::pow per element (libm powf for float), which Caffe's adaptive
+// solvers use for squares and square roots; powf(x, 0.5) is not always the correctly rounded sqrtf(x).
+//
+// softmax_label_loss: Caffe's SoftmaxWithLoss for one class label per row of (rows, classes) scores, as one fused
+// op each way.
 //
 // Forward, per row: p = exp(x - max x) / sum, with std::exp and a plain running sum as Caffe's CPU code does
 // (no fast-math: the division and the summation order are Caffe's), then the loss
@@ -148,17 +154,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_autograd(const at::Tensor
   return {out[0], out[1], out[2]};
 }
 
+at::Tensor caffe_powx_cpu(const at::Tensor& x, double power) {
+  auto in = x.contiguous();
+  auto out = at::empty_like(in);
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "caffe_powx_cpu", [&] {
+    const scalar_t* src = in.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    const scalar_t p = static_cast<scalar_t>(power);
+    at::parallel_for(0, in.numel(), 32768, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) dst[i] = std::pow(src[i], p);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 // A fragment: the namespace itself is defined with the distillation op (pipeline/csrc/distill.cpp).
 TORCH_LIBRARY_FRAGMENT(caffe_pipeline, m) {
   m.def("softmax_label_loss(Tensor scores, Tensor labels, float normalizer) -> (Tensor, Tensor, Tensor)");
   m.def("softmax_label_loss_backward(Tensor grad, Tensor prob, Tensor label, float normalizer) -> Tensor");
+  m.def("caffe_powx(Tensor x, float power) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(caffe_pipeline, CPU, m) {
   m.impl("softmax_label_loss", &forward_cpu);
   m.impl("softmax_label_loss_backward", &backward_cpu);
+  m.impl("caffe_powx", &caffe_powx_cpu);
 }
 
 TORCH_LIBRARY_IMPL(caffe_pipeline, Autograd, m) { m.impl("softmax_label_loss", &forward_autograd); }

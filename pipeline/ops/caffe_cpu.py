@@ -1,7 +1,11 @@
-"""`torch.ops.caffe_pipeline.softmax_label_loss`: SoftmaxWithLoss's common case as one fused C++ op each way.
+"""Caffe's CPU arithmetic as C++ ops (`pipeline/csrc/caffe_cpu.cpp`, built on first use, cached):
 
-The source is `pipeline/csrc/softmax_loss.cpp` (built on first use, cached). Where it cannot be built (no
-compiler) the layer falls back to its ATen formulation, once warned: same formula, rounding of its own.
+- `torch.ops.caffe_pipeline.softmax_label_loss`: SoftmaxWithLoss's common case, one fused op each way. Where
+  the library cannot be built (no compiler) the layer falls back to its ATen formulation, once warned: same
+  formula, rounding of its own.
+- `torch.ops.caffe_pipeline.caffe_powx`: Caffe's caffe_powx, std::pow (libm powf) per element, which the
+  adaptive solvers use for squares and square roots (powf(x, 0.5) is not always sqrtf(x)); for the bit-exact
+  mode (pipeline/caffe_blas.py).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ def available() -> bool:
             try:
                 # No fast-math here: the division and summation order are Caffe's arithmetic.
                 build_op_library(
-                    "caffe_pipeline_softmax_loss", "softmax_loss.cpp", ["-O2", "-std=c++17"], "softmax loss op"
+                    "caffe_pipeline_caffe_cpu", "caffe_cpu.cpp", ["-O2", "-std=c++17"], "Caffe CPU arithmetic ops"
                 )
                 _register_fake_kernels()
                 _state["ready"] = True
@@ -39,6 +43,10 @@ def available() -> bool:
 
 
 def _register_fake_kernels() -> None:
+    @torch.library.register_fake("caffe_pipeline::caffe_powx")
+    def _fake_powx(x, power):
+        return torch.empty_like(x)
+
     @torch.library.register_fake("caffe_pipeline::softmax_label_loss")
     def _fake_forward(scores, labels, normalizer):
         return scores.new_empty(()), torch.empty_like(scores), labels.new_empty(scores.shape[0], dtype=torch.long)
@@ -52,3 +60,8 @@ def softmax_label_loss(scores: torch.Tensor, labels: torch.Tensor, normalizer: f
     """-sum(log(max(softmax(scores)[row, label], FLT_MIN))) / normalizer for (rows, classes) scores, one label
     per row (any dtype; float labels truncate like Caffe's int cast). Raises RuntimeError on a label out of range."""
     return torch.ops.caffe_pipeline.softmax_label_loss(scores, labels, float(normalizer))[0]
+
+
+def caffe_powx(x: torch.Tensor, power: float) -> torch.Tensor:
+    """Caffe's caffe_powx<float>: std::pow(x, power) element by element (a new tensor)."""
+    return torch.ops.caffe_pipeline.caffe_powx(x, float(power))
