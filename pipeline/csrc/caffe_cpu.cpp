@@ -155,7 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_autograd(const at::Tensor
 }
 
 at::Tensor caffe_powx_cpu(const at::Tensor& x, double power) {
-  auto in = x.contiguous();
+  // Element-wise, so any dense layout (an NHWC weight's diff) is walked in memory order and kept.
+  auto in = x.is_non_overlapping_and_dense() ? x : x.contiguous();
   auto out = at::empty_like(in);
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "caffe_powx_cpu", [&] {
     const scalar_t* src = in.data_ptr<scalar_t>();
