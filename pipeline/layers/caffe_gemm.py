@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 import numpy as np
 import torch
@@ -145,9 +146,13 @@ class ConvolutionGemm(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
-_libm = ctypes.CDLL(ctypes.util.find_library("m"))
-_libm.expf.argtypes, _libm.expf.restype = [ctypes.c_float], ctypes.c_float
-_libm.logf.argtypes, _libm.logf.restype = [ctypes.c_float], ctypes.c_float
+@functools.cache
+def _libm() -> ctypes.CDLL:
+    """The C maths library, for expf/logf exactly as Caffe's compiled code calls them (loaded on first use)."""
+    lib = ctypes.CDLL(ctypes.util.find_library("m"))
+    for name in ("expf", "logf"):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_float], ctypes.c_float
+    return lib
 
 
 def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +161,8 @@ def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:
     rows, classes = x.shape
     shifted = (x - x.amax(1, keepdim=True)).contiguous()
     values = shifted.view(-1).tolist()
-    exps = torch.tensor([_libm.expf(v) for v in values], dtype=torch.float32).view(rows, classes)
+    expf = _libm().expf
+    exps = torch.tensor([expf(v) for v in values], dtype=torch.float32).view(rows, classes)
     sums = x.new_empty(rows)
     ones = x.new_ones(classes)
     for r in range(rows):
@@ -167,7 +173,8 @@ def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:
 def caffe_label_loss(picked: torch.Tensor, normalizer: float, floor: float) -> torch.Tensor:
     """SoftmaxWithLossLayer<float>::Forward_cpu's sum: loss -= log(max(p[label], FLT_MIN)) row by row in float,
     with libm's logf, then loss / normalizer."""
+    logf = _libm().logf
     loss = np.float32(0)
     for p in picked.reshape(-1).tolist():
-        loss = np.float32(loss - np.float32(_libm.logf(max(p, floor))))
+        loss = np.float32(loss - np.float32(logf(max(p, floor))))
     return torch.tensor(np.float32(loss / np.float32(normalizer)), dtype=picked.dtype)
