@@ -73,6 +73,7 @@ class ConvolutionGemm(torch.autograd.Function):
         kernel_dim = weight[0].numel()
         top = x.new_empty(num, out_channels, out_h, out_w)
         ones = x.new_ones(spatial)
+        bias = bias.contiguous() if bias is not None else None
         m = out_channels // group
         for i in range(num):
             col = F.unfold(x[i : i + 1], **geometry)[0].contiguous()
@@ -91,7 +92,7 @@ class ConvolutionGemm(torch.autograd.Function):
                 )
             if bias is not None:
                 gemm(
-                    False, False, out_channels, spatial, 1, 1.0, (bias.contiguous(), 0), (ones, 0), 1.0,
+                    False, False, out_channels, spatial, 1, 1.0, (bias, 0), (ones, 0), 1.0,
                     (top, i * out_channels * spatial),
                 )  # fmt: skip
         ctx.save_for_backward(x, weight, bias)

@@ -62,14 +62,15 @@ class SoftmaxLabelLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scores, labels, norm: float, softmax=None):
-        prob = torch.softmax(scores, 1) if softmax is None else softmax(scores)
+    def forward(ctx, scores, labels, norm: float, caffe_exact: bool = False):
+        # caffe_exact: Caffe's own softmax and loss arithmetic (the bit-exact BLAS mode, pipeline/caffe_blas.py).
+        prob = caffe_softmax_rows(scores) if caffe_exact else torch.softmax(scores, 1)
         index = labels.unsqueeze(1)
         picked = prob.gather(1, index)
-        if softmax is None:
-            loss = picked.clamp_min(FLT_MIN).log_().sum().neg_().div_(norm)
-        else:  # Caffe's own arithmetic (exact BLAS mode)
+        if caffe_exact:
             loss = caffe_label_loss(picked, norm, FLT_MIN)
+        else:
+            loss = picked.clamp_min(FLT_MIN).log_().sum().neg_().div_(norm)
         ctx.save_for_backward(prob, index, picked)
         ctx.norm = norm
         return loss
@@ -117,7 +118,7 @@ class SoftmaxWithLoss(Layer):
             norm = shape_normalizer(self.normalization, outer, inner)
             if caffe_blas.active(x):
                 lab = checked_class_labels(self, labels, num_classes)
-                return SoftmaxLabelLoss.apply(x, lab, norm, caffe_softmax_rows)
+                return SoftmaxLabelLoss.apply(x, lab, norm, True)
             if _runs_fused(x):
                 try:
                     return softmax_label_loss(x, labels, norm)
