@@ -2,14 +2,18 @@
 trained alone and distilled from the teacher at T = 20. The paper: 67 (teacher), 146 (student alone), 74
 (distilled) test errors out of 10,000. Target here: the distilled student makes >= 30% fewer errors than alone.
 
-    .venv/bin/python bench/hinton_mnist.py --mnist ../shared/data/mnist --teacher-epochs 20 --epochs 10
-    nohup .venv/bin/python bench/hinton_mnist.py ... > runs/hinton/bench.log 2>&1 &      # in the background
+    .venv/bin/python bench/hinton_mnist.py --jobs 2             # full MNIST from ../shared/data/mnist, ~35 min
+    nohup .venv/bin/python bench/hinton_mnist.py --jobs 2 > runs/hinton/bench.log 2>&1 &      # in the background
 
 Nets (prototxt/hinton_mnist.prototxt, i.e. mlp.prototxt's variables; solvers/mlp_solver.prototxt):
-  teacher    784-1200-1200-10 ReLU, dropout 0.5 on the hidden layers and 0.2 on the input, inputs jittered by up
-             to 2 pixels (digits zero-padded to 32 x 32 in their own LMDB, random 28 x 28 crop in TRAIN, centre
-             crop in TEST)
-  student    784-800-800-10 ReLU, no regularisation, hard labels (one run per seed)
+  teacher    784-1200-1200-10 ReLU, dropout 0.3 on the hidden layers (the paper's 0.5 with 0.2 on the input
+             fits too slowly for a CPU budget: 118 errors after 150 epochs, against 77-79 after 40 with 0.3 and
+             none on the input), inputs jittered by up to 2 pixels (digits zero-padded to 32 x 32 in their own
+             LMDB, random 28 x 28 crop in TRAIN, centre crop in TEST); SGD, momentum 0.9, lr 0.1, poly decay
+  student    784-800-800-10 ReLU, no regularisation, hard labels (one run per seed); Adam, lr 0.001, poly decay.
+             Adam for both students: at T = 20 the T^2-scaled soft loss pulls the logits like 0.1 * (s - t), so
+             SGD at a learning rate that trains on hard labels leaves the distilled student far from its targets
+             (train agreement 0.978 after 10 epochs, 286 test errors), and a 10x larger rate kills its ReLUs
   distilled  the same student in prototxt/teacher_student.prototxt, teacher (dropout off: Caffe's dropout is
              inverted, so the trained weights are used as they are) loaded under the prefix t_, T = 20, soft
              targets cached (the teacher sees the unjittered digits, so they are the same every epoch)
@@ -68,8 +72,8 @@ def settings(args) -> dict:
         **common,
         "net": "prototxt/hinton_mnist.prototxt",
         "hidden": [1200, 1200],
-        "dropout": 0.5,
-        "input_dropout": 0.2,
+        "dropout": args.teacher_dropout,
+        "input_dropout": args.teacher_input_dropout,
         "jitter": 2,
         "base_lr": args.teacher_lr,
         "lr_policy": "poly",
@@ -81,6 +85,7 @@ def settings(args) -> dict:
         **common,
         "net": "prototxt/hinton_mnist.prototxt",
         "hidden": [800, 800],
+        "type": args.solver_type,
         "base_lr": args.lr,
         "lr_policy": "poly",
         "max_iter": max(1, round(args.epochs * epoch)),
@@ -191,8 +196,9 @@ def report(args) -> int:
     lines = [
         f"Hinton et al. 2015 MNIST: test errors of 10,000 (paper: teacher {PAPER['teacher']}, student "
         f"{PAPER['student']}, distilled {PAPER['distilled']})",
-        f"  settings: teacher {args.teacher_epochs} epochs (lr {args.teacher_lr}), students {args.epochs} epochs "
-        f"(lr {args.lr}), T = {args.temperature}, alpha = {args.alpha}, seeds {args.seeds}"
+        f"  settings: teacher {args.teacher_epochs} epochs (SGD lr {args.teacher_lr}, dropout {args.teacher_dropout}, "
+        f"input dropout {args.teacher_input_dropout}), students {args.epochs} epochs ({args.solver_type} "
+        f"lr {args.lr}), T = {args.temperature}, alpha = {args.alpha}, seeds {args.seeds}"
         + (f"; teacher started from {args.teacher_weights}" if args.teacher_weights else ""),
         f"  teacher 784-1200-1200-10 dropout+jitter: {teacher['errors'] if teacher else '-'}"
         + (f"  ({teacher['seconds']:.0f} s)" if teacher else ""),
@@ -222,10 +228,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", default=str(ROOT.parent / "shared" / "data" / "mnist"), help="MNIST IDX folder")
     parser.add_argument("--run", default="runs/hinton", help="output folder (data, logs, snapshots, results)")
-    parser.add_argument("--epochs", type=float, default=10, help="epochs of each student (alone and distilled)")
-    parser.add_argument("--teacher-epochs", type=float, default=20, help="epochs of the teacher")
-    parser.add_argument("--lr", type=float, default=0.05, help="students' base_lr (SGD, momentum 0.9, poly decay)")
-    parser.add_argument("--teacher-lr", type=float, default=0.05, help="teacher's base_lr")
+    parser.add_argument("--epochs", type=float, default=20, help="epochs of each student (alone and distilled)")
+    parser.add_argument("--teacher-epochs", type=float, default=80, help="epochs of the teacher")
+    parser.add_argument(
+        "--solver-type",
+        default="Adam",
+        help="students' solver (Adam: the T^2-scaled soft loss has small gradients, which plain SGD fits slowly)",
+    )
+    parser.add_argument("--lr", type=float, default=0.001, help="students' base_lr (poly decay to 0)")
+    parser.add_argument("--teacher-lr", type=float, default=0.1, help="teacher's base_lr (SGD, momentum 0.9, poly)")
+    parser.add_argument("--teacher-dropout", type=float, default=0.3, help="teacher's dropout on the hidden layers")
+    parser.add_argument("--teacher-input-dropout", type=float, default=0.0, help="teacher's dropout on the input")
     parser.add_argument(
         "--teacher-weights", help="caffemodel to start the teacher from (e.g. a shorter run's, to train it longer)"
     )
