@@ -57,6 +57,8 @@ def test_cifar10_quick_and_conv_variants_equal_caffes_bit_for_bit():
             layer, _, index = key.rpartition("/")
             grad = net.params[layer][int(index)].grad
             np.testing.assert_array_equal(grad.numpy().reshape(grads[key].shape), grads[key], err_msg=key)
+        # x feeds seven convolutions: its gradient is their sum in SplitLayer::Backward_cpu's order.
+        np.testing.assert_array_equal(net.blobs["x"].diff.numpy().reshape(grads["blob:x"].shape), grads["blob:x"])
 
 
 def test_adagrad_training_equals_caffes_bit_for_bit_for_100_iterations(tmp_path, monkeypatch):
