@@ -3,7 +3,9 @@
 Reads convolution_param (kernel/stride/pad/dilation in all of Caffe's forms, axis); channel index
 c * prod(kernel) + kernel offset (row-major over the kernel axes), zero padding, output size
 (size + 2 pad - dilation (k - 1) - 1) // stride + 1. Works for any number of spatial axes (Caffe's im2col and
-im2col_nd give the same layout). Backward (col2im: overlapping patches add up) comes from autograd.
+im2col_nd give the same layout). Backward (col2im: overlapping patches add up) comes from autograd: for two
+spatial axes through F.unfold, whose backward (F.fold) adds the patches in col2im_cpu's order, so the bottom diff
+is Caffe's bit for bit (Tensor.unfold's backward sums overlapping windows in another order).
 """
 
 import torch.nn.functional as F
@@ -47,6 +49,9 @@ class Im2col(Layer):
     def forward(self, x):
         lead, channels, n = x.shape[: self.axis], x.shape[self.axis], len(self.kernel)
         x = x.reshape(-1, channels, *x.shape[self.axis + 1 :])
+        if n == 2:
+            cols = F.unfold(x, self.kernel, dilation=self.dilation, padding=self.pad, stride=self.stride)
+            return cols.reshape(*lead, channels * count(self.kernel), *self.output_spatial(x.shape[2:]))
         x = F.pad(x, [q for p in reversed(self.pad) for q in (p, p)])
         for axis, (k, s, d) in enumerate(zip(self.kernel, self.stride, self.dilation)):
             # Windows along this axis become a trailing dim; dilation keeps every d-th element of each window.
