@@ -108,13 +108,20 @@ def test_missing_library_is_a_clear_error(monkeypatch):
         exact_blas(True)
 
 
-def test_sgd_weights_after_100_iterations_equal_caffes_snapshot_bit_for_bit(tmp_path, monkeypatch):
+def test_sgd_weights_after_100_iterations_stay_within_2e_6_of_caffes_snapshot(tmp_path, monkeypatch):
     """lenet_resume: Caffe's own snapshot after 100 SGD iterations (inv policy, momentum, weight decay) against
-    ours from the same initial weights and data: all 431,080 weights identical."""
+    ours from the same initial weights and data. Not bit for bit: the losses equal Caffe's only up to iteration 6,
+    then last-bit differences enter (see README, Known limits); measured 1.7e-6 (conv1 weights) and <= 4e-7 for
+    the other blobs, relative to each blob's largest weight."""
+    caffe_snapshot = shared_path("caffe-reference", "train", "lenet_resume", "lenet_resume_iter_100.caffemodel")
     with exact_blas(True):
-        folder, solver, _ = run_training_case("lenet_resume", tmp_path, monkeypatch, 100, testing=False)
+        _, solver, _ = run_training_case("lenet_resume", tmp_path, monkeypatch, 100, testing=False)
     ours = {name: [b.detach().contiguous().clone() for b in blobs] for name, blobs in solver.net.params.items()}
-    solver.load_weights(str(folder / "lenet_resume_iter_100.caffemodel"))
+    # Read from ../shared itself: the run's own iteration-100 snapshot replaces the mirrored file of that name.
+    solver.load_weights(str(caffe_snapshot))
     for name, blobs in solver.net.params.items():
         for i, caffe in enumerate(blobs):
-            assert torch.equal(ours[name][i], caffe.detach().contiguous()), f"{name}/{i}"
+            caffe = caffe.detach().contiguous()
+            assert not torch.equal(ours[name][i], torch.zeros_like(caffe))
+            relative = float((ours[name][i] - caffe).abs().max() / caffe.abs().max())
+            assert relative < 2e-6, f"{name}/{i}: {relative:.2e} from Caffe's snapshot"
