@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from teacher_student_story import train  # noqa: E402
 
 TRAIN_SIZE, TEST_SIZE, BATCH = 60000, 10000, 100
+JITTER = 2  # pixels: the teacher's random translations (and the padding of its LMDB)
 PAPER = {"teacher": 67, "student": 146, "distilled": 74}
 
 
@@ -74,7 +75,7 @@ def settings(args) -> dict:
         "hidden": [1200, 1200],
         "dropout": args.teacher_dropout,
         "input_dropout": args.teacher_input_dropout,
-        "jitter": 2,
+        "jitter": JITTER,
         "base_lr": args.teacher_lr,
         "lr_policy": "poly",
         "max_iter": max(1, round(args.teacher_epochs * epoch)),
@@ -93,17 +94,28 @@ def settings(args) -> dict:
     }
     distilled = {
         **{k: v for k, v in student.items() if k not in ("net", "hidden")},
-        "net": "prototxt/teacher_student.prototxt",
-        "student": "mlp.prototxt",
-        "student_vars": {"hidden": [800, 800]},
-        "teacher": "mlp.prototxt",
-        "teacher_vars": {"hidden": [1200, 1200]},
-        "student_logits": "logits",
-        "teacher_logits": "logits",
         "temperature": args.temperature,
         "alpha": args.alpha,
         "cache_teacher": True,
     }
+    if args.teacher_shifts:
+        distilled.update(
+            net="prototxt/hinton_distill.prototxt",
+            shift=args.teacher_shifts,
+            pad=JITTER,
+            student_hidden=[800, 800],
+            teacher_hidden=[1200, 1200],
+        )
+    else:
+        distilled.update(
+            net="prototxt/teacher_student.prototxt",
+            student="mlp.prototxt",
+            student_vars={"hidden": [800, 800]},
+            teacher="mlp.prototxt",
+            teacher_vars={"hidden": [1200, 1200]},
+            student_logits="logits",
+            teacher_logits="logits",
+        )
     return {"teacher": teacher, "student": student, "distilled": distilled}
 
 
@@ -141,9 +153,11 @@ def run_one(args, name: str, solver: str, variables: dict, blobs=("logits",), we
         "snapshot": run.snapshot,
         "log": run.log,
     }
-    if "t_logits" in blobs:
-        result["teacher_errors"] = run.errors("t_logits")
-        result["agreement"] = run.agreement("logits", "t_logits")
+    if len(blobs) > 1:  # the soft target's blob, then the teacher on the unshifted digit if that differs
+        result["teacher_errors"] = run.errors(blobs[1])
+        result["agreement"] = run.agreement("logits", blobs[1])
+        if len(blobs) > 2:
+            result["unshifted_teacher_errors"] = run.errors(blobs[2])
     path.write_text(json.dumps(result, indent=1) + "\n")
     claim.unlink()
     print(f"{name}: {result['errors']} test errors in {result['seconds']:.0f} s", flush=True)
@@ -162,7 +176,7 @@ def run_distilled(args, config: dict, teacher: dict) -> None:
             f"distilled_seed{seed}",
             "solvers/teacher_student_solver.prototxt",
             {**config["distilled"], "random_seed": seed},
-            blobs=("logits", "t_logits"),
+            blobs=("logits", "t_mean_logits", "t_logits") if args.teacher_shifts else ("logits", "t_logits"),
             weights=teacher["snapshot"],
             weights_map="*=t_*",
         )
@@ -208,6 +222,12 @@ def report(args) -> int:
     agreements = [results[f"distilled_seed{s}"].get("agreement") for s in args.seeds if f"distilled_seed{s}" in results]
     if agreements:
         lines.append(f"  distilled-teacher agreement on the test set: {', '.join(f'{a:.4f}' for a in agreements)}")
+    soft = next((results[f"distilled_seed{s}"] for s in args.seeds if f"distilled_seed{s}" in results), None)
+    if soft and "unshifted_teacher_errors" in soft:
+        lines.append(
+            f"  soft targets: the teacher averaged over its translations of up to {args.teacher_shifts} pixels, "
+            f"{soft['teacher_errors']} test errors (the teacher on the digit alone: {soft['unshifted_teacher_errors']})"
+        )
     status = 0
     if alone and distilled:
         reduction = 1 - statistics.mean(distilled) / statistics.mean(alone)
@@ -242,6 +262,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--teacher-weights", help="caffemodel to start the teacher from (e.g. a shorter run's, to train it longer)"
     )
+    parser.add_argument(
+        "--teacher-shifts",
+        type=int,
+        default=2,
+        help="soft targets averaged over the teacher's translations of up to N pixels (prototxt/hinton_distill"
+        ".prototxt; the student still sees only the unshifted digits); 0: the teacher on the digit alone",
+    )
     parser.add_argument("--temperature", type=float, default=20.0)
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft loss (hard labels: 1 - alpha)")
     parser.add_argument("--seeds", default="1,2,3", type=lambda s: [int(x) for x in s.split(",")])
@@ -259,7 +286,7 @@ def main(argv=None) -> int:
     config = settings(args)
     if args.part in ("all", "data"):
         started = time.perf_counter()
-        prepare_data(Path(args.run) / "data", args.mnist, 2)
+        prepare_data(Path(args.run) / "data", args.mnist, JITTER)
         print(f"data ready in {Path(args.run) / 'data'} ({time.perf_counter() - started:.0f} s)", flush=True)
     helpers = []
     if args.part == "all":

@@ -37,10 +37,20 @@ def embed_layers(
     drop_losses: bool = True,
     freeze: bool = True,
     keep_phase_rules: bool = False,
+    share_params: str = "",
+    inputs: dict[str, str] | None = None,
 ) -> list[caffe_pb2.LayerParameter]:
-    """The layers of `net` renamed with `prefix` (blobs in `shared` keep their names), optionally frozen."""
+    """The layers of `net` renamed with `prefix` (blobs in `shared` keep their names), optionally frozen.
+
+    `share_params` (with `freeze`) names each frozen blob `<share_params><layer>_<index>` after the original
+    layer name, so several embeddings of one net given the same value share one set of weights (Caffe's
+    ParamSpec.name): the first embedding owns them, a caffemodel loaded into it fills them all. `inputs` maps
+    blobs of the embedded net to blobs of the including one (e.g. its "data" to one crop of the data)."""
+    inputs = inputs or {}
 
     def rename(blob: str) -> str:
+        if blob in inputs:
+            return inputs[blob]
         return blob if blob in shared else prefix + blob
 
     layers = []
@@ -59,8 +69,10 @@ def embed_layers(
                 spec.name = prefix + spec.name
         if freeze:
             del layer.param[:]
-            for _ in range(blob_count(layer)):
-                layer.param.add(lr_mult=0, decay_mult=0)
+            for index in range(blob_count(layer)):
+                spec = layer.param.add(lr_mult=0, decay_mult=0)
+                if share_params:
+                    spec.name = f"{share_params}{original.name}_{index}"
         if not keep_phase_rules:
             del layer.include[:]
             del layer.exclude[:]
@@ -78,6 +90,8 @@ def embed_net(
     drop_sources: bool = True,
     drop_losses: bool = True,
     keep_phase_rules: bool | None = None,
+    share_params: str = "",
+    inputs: dict[str, str] | None = None,
     **variables,
 ) -> str:
     """Render and parse `template` (found beside the including file or in prototxt/), return its layers."""
@@ -95,7 +109,7 @@ def embed_net(
         raise TemplateError(f"embed_net: template '{template}' not found beside {search_from} or in prototxt/")
     net = upgrade_net(parse_text(render_file(path, variables), caffe_pb2.NetParameter(), str(path)), str(path))
     keep = not drop_sources if keep_phase_rules is None else keep_phase_rules
-    layers = embed_layers(net, prefix, tuple(shared), drop_sources, drop_losses, freeze, keep)
+    layers = embed_layers(net, prefix, tuple(shared), drop_sources, drop_losses, freeze, keep, share_params, inputs)
     return "".join("layer {\n" + _indent(text_format.MessageToString(layer)) + "}\n" for layer in layers)
 
 

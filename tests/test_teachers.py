@@ -133,3 +133,69 @@ def test_soft_target_cache_refuses_a_random_teacher():
         teacher_student(
             cache_teacher=True, teacher="mlp.prototxt", teacher_logits="logits", teacher_vars={"dropout": 0.5}
         )
+
+
+def test_embedded_copies_share_weights_by_param_name_and_read_given_inputs():
+    from pipeline.compose import embed_layers
+
+    net = net_from_string(
+        'layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 2 } }'
+    )
+    (layer,) = embed_layers(net, "a_", inputs={"data": "crop"}, share_params="teacher_")
+    assert list(layer.bottom) == ["crop"] and list(layer.top) == ["a_fc"] and layer.name == "a_fc"
+    assert [(s.name, s.lr_mult) for s in layer.param] == [("teacher_fc_0", 0), ("teacher_fc_1", 0)]
+
+
+@pytest.fixture
+def padded_digits(tmp_path):
+    """Ten random 30 x 30 'digits' (28 x 28 padded by one pixel) in train and test LMDBs."""
+    import numpy as np
+
+    from pipeline.data.convert import write_images
+
+    rng = np.random.default_rng(3)
+    images = np.zeros((10, 30, 30), np.uint8)
+    images[:, 1:29, 1:29] = rng.integers(0, 256, (10, 28, 28))
+    for split in ("train", "test"):
+        write_images(tmp_path / f"mnist_pad1_{split}_lmdb", images, np.arange(10) % 10, "%08d")
+    return tmp_path, torch.from_numpy(images).float()[:, None] * 0.00390625
+
+
+def test_shift_averaged_teacher_is_the_mean_logit_of_the_shared_teacher_on_every_crop(padded_digits):
+    folder, digits = padded_digits
+    variables = {
+        "shift": 1,
+        "batch": 5,
+        "test_batch": 5,
+        "student_hidden": [16],
+        "teacher_hidden": [24],
+        "train_source": str(folder / "mnist_pad1_train_lmdb"),
+        "test_source": str(folder / "mnist_pad1_test_lmdb"),
+    }
+    net = Net(read_net("prototxt/hinton_distill.prototxt", variables), "TRAIN", seed=1)
+    copies = [layer.name for layer in net.layers if layer.name.endswith("_fc1") and layer.name.startswith("t_")]
+    assert len(copies) == 9
+    teacher = Net(read_net("prototxt/mlp.prototxt", {"deploy": True, "batch": 5, "hidden": [24]}), "TEST", seed=5)
+    source = {name: [b.detach().numpy() for b in blobs] for name, blobs in teacher.params.items()}
+    report = copy_layer_blobs(net, source, "teacher", rename={n: "t_" + n for n in source})
+    assert set(report.copied) == {"t_fc1", "t_logits"}
+    for name in copies:  # every copy holds the loaded weights: one shared set
+        assert torch.equal(net.params[name][0], teacher.params["fc1"][0])
+    assert {p.layer for p in net.learnable_params if p.tensor.requires_grad} == {"fc1", "logits"}
+    net()
+    batch = digits[:5]
+    assert torch.equal(net.blobs["data"].data, batch[:, :, 1:29, 1:29])  # the student: the digit, unshifted
+    shifted = []
+    with torch.no_grad():
+        for dy in range(3):
+            for dx in range(3):
+                teacher(data=batch[:, :, dy : dy + 28, dx : dx + 28])
+                shifted.append(teacher.blobs["logits"].data.clone())
+    expected = torch.stack(shifted).mean(0)
+    torch.testing.assert_close(net.blobs["t_mean_logits"].data, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(net.blobs["t_logits"].data, net.blobs["t_mean_logits"].data)
+    # The teacher copies read fixed crops of the data: their soft target is cached like any frozen teacher's.
+    (cache,) = net.soft_target_caches
+    cached = {net.layers[i].name for i in cache.layers}
+    assert cached >= set(copies) and "fc1" not in cached
