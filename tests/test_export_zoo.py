@@ -24,7 +24,9 @@ ZOO_ALL = [pytest.param(t, v, id=_zoo_id(t, v)) for t, v in ZOO_FAST] + [
 
 
 def test_zoo_lists_are_complete():
-    templates = {p.stem for p in ZOO.glob("*.prototxt")} - {"macros"}
+    # hinton_distill.prototxt only trains a student (25 teacher copies on crops of padded LMDB digits); what it
+    # deploys is that student, mlp.prototxt, converted with the rest.
+    templates = {p.stem for p in ZOO.glob("*.prototxt")} - {"macros", "hinton_distill"}
     assert templates == {t for t, _ in ZOO_FAST + ZOO_SLOW} | set(ZOO_TRAIN_TEST)
 
 
