@@ -60,6 +60,8 @@ def _library() -> ctypes.CDLL:
         lib.cblas_saxpy.restype = None
         lib.cblas_saxpby.argtypes = [i, f, p, i, f, p, i]
         lib.cblas_saxpby.restype = None
+        lib.cblas_sdot.argtypes = [i, p, i, p, i]
+        lib.cblas_sdot.restype = f
         # Caffe's reference runs used OPENBLAS_NUM_THREADS=2, and OpenBLAS's threaded kernels round differently
         # from its single-threaded ones: pin the count so results do not depend on the machine's cores.
         lib.openblas_set_num_threads(int(os.environ.get("CAFFE_OPENBLAS_THREADS", "2")))
@@ -160,3 +162,9 @@ def axpby(alpha: float, x: torch.Tensor, beta: float, y: torch.Tensor) -> bool:
         return False
     _library().cblas_saxpby(x.numel(), alpha, x.data_ptr(), 1, beta, y.data_ptr(), 1)
     return True
+
+
+def dot(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Caffe's caffe_cpu_dot<float>: OpenBLAS sdot over two contiguous float32 CPU tensors of equal size."""
+    x, y = x.contiguous(), y.contiguous()
+    return _library().cblas_sdot(x.numel(), x.data_ptr(), 1, y.data_ptr(), 1)

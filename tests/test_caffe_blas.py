@@ -61,6 +61,27 @@ def test_cifar10_quick_and_conv_variants_equal_caffes_bit_for_bit():
         np.testing.assert_array_equal(net.blobs["x"].diff.numpy().reshape(grads["blob:x"].shape), grads["blob:x"])
 
 
+def test_activations_equal_caffes_bit_for_bit():
+    """Sigmoid, TanH, BNLL, ELU, Power (powf), Exp and Log as Caffe's float expressions, and EuclideanLoss through
+    sdot: every blob and diff of cov_activations, whose losses sum all of them. PReLU's slope diff is the one
+    exception: Caffe sums it in a sequential float loop over the blob."""
+    folder, net = exact_forward("cov_activations", backward=True)
+    with np.load(folder / "blobs.npz") as blobs:
+        for name in blobs.files:
+            ours = net.blobs[name].data.detach().numpy().reshape(blobs[name].shape)
+            np.testing.assert_array_equal(ours, blobs[name], err_msg=name)
+    with np.load(folder / "grads.npz") as grads:
+        for key in grads.files:
+            if key.startswith("blob:"):
+                ours = net.blobs[key[5:]].diff.numpy()
+            elif key.startswith("prelu"):
+                continue
+            else:
+                layer, _, index = key.rpartition("/")
+                ours = net.params[layer][int(index)].grad.numpy()
+            np.testing.assert_array_equal(ours.reshape(grads[key].shape), grads[key], err_msg=key)
+
+
 def test_adagrad_training_equals_caffes_bit_for_bit_for_100_iterations(tmp_path, monkeypatch):
     """The chaotic case: with oneDNN's sums our loss leaves Caffe's 1e-3 after 5 iterations; with Caffe's
     OpenBLAS calls and libm's powf for AdaGrad's square and square root, every one of the 100 losses is Caffe's."""

@@ -148,11 +148,12 @@ class ConvolutionGemm(torch.autograd.Function):
 
 
 @functools.cache
-def _libm() -> ctypes.CDLL:
+def float_libm() -> ctypes.CDLL:
     """The C maths library, for expf/logf exactly as Caffe's compiled code calls them (loaded on first use)."""
     lib = ctypes.CDLL(ctypes.util.find_library("m"))
-    for name in ("expf", "logf"):
-        getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_float], ctypes.c_float
+    for name in ("expf", "logf", "powf"):
+        arity = 2 if name == "powf" else 1
+        getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_float] * arity, ctypes.c_float
     return lib
 
 
@@ -162,7 +163,7 @@ def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:
     rows, classes = x.shape
     shifted = (x - x.amax(1, keepdim=True)).contiguous()
     values = shifted.view(-1).tolist()
-    expf = _libm().expf
+    expf = float_libm().expf
     exps = torch.tensor([expf(v) for v in values], dtype=torch.float32).view(rows, classes)
     sums = x.new_empty(rows)
     ones = x.new_ones(classes)
@@ -174,7 +175,7 @@ def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:
 def caffe_label_loss(picked: torch.Tensor, normalizer: float, floor: float) -> torch.Tensor:
     """SoftmaxWithLossLayer<float>::Forward_cpu's sum: loss -= log(max(p[label], FLT_MIN)) row by row in float,
     with libm's logf, then loss / normalizer."""
-    logf = _libm().logf
+    logf = float_libm().logf
     loss = np.float32(0)
     for p in picked.reshape(-1).tolist():
         loss = np.float32(loss - np.float32(logf(max(p, floor))))

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from pipeline.layers.base import Layer
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import caffe_neuron, exact_neuron
 
 
 @register("ELU")
@@ -16,6 +17,8 @@ class ELU(Layer):
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x):
+        if exact_neuron(x):
+            return caffe_neuron(x, "ELU", [self.alpha])
         return F.elu(x, self.alpha)
 
     def extra_repr(self):

@@ -1,8 +1,10 @@
 """Element-wise neuron layers without blobs: Sigmoid, TanH, AbsVal, BNLL, Threshold, Swish, Clip.
 
-Each keeps the bottom's shape. Their Caffe backward is the derivative of the forward, so autograd gives it:
-AbsVal's diff at 0 is 0 (Caffe's sign), Clip passes the diff where min <= x <= max (both ends included),
-BNLL's is exp(x) / (1 + exp(x)). Threshold has no backward in Caffe (NOT_IMPLEMENTED).
+Each keeps the bottom's shape. In the bit-exact mode (pipeline/caffe_blas.py) Sigmoid, TanH and BNLL run as
+Caffe's own expressions (pipeline/ops/caffe_cpu.py). Otherwise their Caffe backward is the derivative of the
+forward, so autograd gives it: AbsVal's diff at 0 is 0 (Caffe's sign), Clip passes the diff where
+min <= x <= max (both ends included), BNLL's is exp(x) / (1 + exp(x)). Threshold has no backward in Caffe
+(NOT_IMPLEMENTED).
 """
 
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 from pipeline.layers.base import Layer
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import caffe_neuron, exact_neuron
 
 
 class _Neuron(Layer):
@@ -27,13 +30,13 @@ class _Neuron(Layer):
 @register("Sigmoid")
 class Sigmoid(_Neuron):
     def forward(self, x):
-        return torch.sigmoid(x)
+        return caffe_neuron(x, "Sigmoid") if exact_neuron(x) else torch.sigmoid(x)
 
 
 @register("TanH")
 class TanH(_Neuron):
     def forward(self, x):
-        return torch.tanh(x)
+        return caffe_neuron(x, "TanH") if exact_neuron(x) else torch.tanh(x)
 
 
 @register("AbsVal")
@@ -47,7 +50,7 @@ class BNLL(_Neuron):
     """log(1 + exp(x)), computed without overflow for large x."""
 
     def forward(self, x):
-        return F.softplus(x)
+        return caffe_neuron(x, "BNLL") if exact_neuron(x) else F.softplus(x)
 
 
 @register("Threshold")

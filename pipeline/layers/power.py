@@ -11,10 +11,21 @@ derivative is 0 there (power > 1). Exp and Log diffs are the plain derivatives, 
 
 import math
 
+import numpy as np
 import torch
 
 from pipeline.layers.base import Layer
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import caffe_neuron, caffe_powx, exact_neuron
+
+f32 = np.float32
+
+
+def _caffe_log_base(base: float) -> np.float32:
+    """ExpLayer/LogLayer's `log_base` as Caffe computes it in float: 1 for base -1 (e), else logf(base)."""
+    from pipeline.layers.caffe_gemm import float_libm
+
+    return f32(1) if base == -1 else f32(float_libm().logf(base))
 
 
 class _CaffePower(torch.autograd.Function):
@@ -29,7 +40,9 @@ class _CaffePower(torch.autograd.Function):
             y = x * scale if scale != 1 else x.clone()
             if shift != 0:
                 y.add_(shift)
-            if power != 1:
+            if power != 1 and exact_neuron(y):
+                y = caffe_powx(y, power)  # caffe_powx: libm powf, not always sqrtf for 0.5 or x * x for 2
+            elif power != 1:
                 y = y.pow_(power) if power != 2 else y.square_()
         ctx.constants = (power, scale, shift, diff_scale)
         # Keep only what the backward branch reads: nothing for a constant slope, x for power 2, else x and y.
@@ -94,9 +107,21 @@ class Exp(Layer):
             self.outer_scale = 1.0
         else:
             self.outer_scale = math.exp(shift) if self.base == -1 else self.base**shift
+        # The same members in Caffe's float arithmetic, for the bit-exact mode.
+        log_base = _caffe_log_base(self.base)
+        if shift == 0:
+            outer = f32(1)
+        else:
+            from pipeline.layers.caffe_gemm import float_libm
+
+            libm = float_libm()
+            outer = f32(libm.expf(shift) if self.base == -1 else libm.powf(self.base, shift))
+        self.caffe_members = [log_base * f32(scale), outer]
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x):
+        if exact_neuron(x):
+            return caffe_neuron(x, "Exp", self.caffe_members)
         y = torch.exp(x if self.inner_scale == 1 else x * self.inner_scale)
         return y if self.outer_scale == 1 else y * self.outer_scale
 
@@ -115,9 +140,19 @@ class Log(Layer):
         log_base = _log_of_base(self, self.base)
         self.check(log_base != 0, "base 1 has no logarithm (log(1) = 0)")
         self.base_scale = 1.0 / log_base
+        caffe_log_base = _caffe_log_base(self.base)
+        # scale, shift, base_scale_ and backward_num_scale_ as LogLayer holds them (float), for the bit-exact mode.
+        self.caffe_members = [
+            f32(self.scale),
+            f32(self.shift),
+            f32(1) / caffe_log_base,
+            f32(self.scale) / caffe_log_base,
+        ]
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x):
+        if exact_neuron(x):
+            return caffe_neuron(x, "Log", self.caffe_members)
         z = x if self.scale == 1 else x * self.scale
         if self.shift != 0:
             z = z + self.shift

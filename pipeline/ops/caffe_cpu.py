@@ -6,6 +6,8 @@
 - `torch.ops.caffe_pipeline.caffe_powx`: Caffe's caffe_powx, std::pow (libm powf) per element, which the
   adaptive solvers use for squares and square roots (powf(x, 0.5) is not always sqrtf(x)); for the bit-exact
   mode (pipeline/caffe_blas.py).
+- `torch.ops.caffe_pipeline.caffe_neuron` / `caffe_neuron_backward`: Sigmoid, TanH, BNLL, ELU, Exp and Log as
+  Caffe's CPU code computes them (libm's float functions, its mix of float and double), for the bit-exact mode.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def _register_fake_kernels() -> None:
     def _fake_powx(x, power):
         return torch.empty_like(x)
 
+    @torch.library.register_fake("caffe_pipeline::caffe_neuron")
+    def _fake_neuron(x, kind, params):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("caffe_pipeline::caffe_neuron_backward")
+    def _fake_neuron_backward(top_diff, x, y, kind, params):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("caffe_pipeline::softmax_label_loss")
     def _fake_forward(scores, labels, normalizer):
         return scores.new_empty(()), torch.empty_like(scores), labels.new_empty(scores.shape[0], dtype=torch.long)
@@ -65,3 +75,30 @@ def softmax_label_loss(scores: torch.Tensor, labels: torch.Tensor, normalizer: f
 def caffe_powx(x: torch.Tensor, power: float) -> torch.Tensor:
     """Caffe's caffe_powx<float>: std::pow(x, power) element by element (a new tensor)."""
     return torch.ops.caffe_pipeline.caffe_powx(x, float(power))
+
+
+class _CaffeNeuron(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kind: str, params: list[float]):
+        y = torch.ops.caffe_pipeline.caffe_neuron(x, kind, params)
+        ctx.save_for_backward(x, y)
+        ctx.kind, ctx.params = kind, params
+        return y
+
+    @staticmethod
+    def backward(ctx, top_diff):
+        x, y = ctx.saved_tensors
+        return torch.ops.caffe_pipeline.caffe_neuron_backward(top_diff, x, y, ctx.kind, ctx.params), None, None
+
+
+def caffe_neuron(x: torch.Tensor, kind: str, params=()) -> torch.Tensor:
+    """The neuron layer `kind` (Sigmoid, TanH, BNLL, ELU, Exp, Log) forward and backward in Caffe's float
+    arithmetic; `params` are the layer's float members (see pipeline/csrc/caffe_cpu.cpp)."""
+    return _CaffeNeuron.apply(x, kind, [float(p) for p in params])
+
+
+def exact_neuron(x: torch.Tensor) -> bool:
+    """Whether a neuron layer should compute `x` as Caffe does: bit-exact mode on, float32 CPU, op built."""
+    from pipeline import caffe_blas
+
+    return caffe_blas.active(x) and available()
