@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.layers.base import Layer
+from pipeline.layers.caffe_gemm import float_libm
 from pipeline.layers.registry import register
 from pipeline.ops.caffe_cpu import caffe_neuron, caffe_powx, exact_neuron
 
@@ -23,8 +24,6 @@ f32 = np.float32
 
 def _caffe_log_base(base: float) -> np.float32:
     """ExpLayer/LogLayer's `log_base` as Caffe computes it in float: 1 for base -1 (e), else logf(base)."""
-    from pipeline.layers.caffe_gemm import float_libm
-
     return f32(1) if base == -1 else f32(float_libm().logf(base))
 
 
@@ -112,8 +111,6 @@ class Exp(Layer):
         if shift == 0:
             outer = f32(1)
         else:
-            from pipeline.layers.caffe_gemm import float_libm
-
             libm = float_libm()
             outer = f32(libm.expf(shift) if self.base == -1 else libm.powf(self.base, shift))
         self.caffe_members = [log_base * f32(scale), outer]
