@@ -62,9 +62,8 @@ def test_cifar10_quick_and_conv_variants_equal_caffes_bit_for_bit():
 
 
 def test_activations_equal_caffes_bit_for_bit():
-    """Sigmoid, TanH, BNLL, ELU, Power (powf), Exp and Log as Caffe's float expressions, and EuclideanLoss through
-    sdot: every blob and diff of cov_activations, whose losses sum all of them. PReLU's slope diff is the one
-    exception: Caffe sums it in a sequential float loop over the blob."""
+    """Sigmoid, TanH, BNLL, ELU, Power (powf), Exp and Log as Caffe's float expressions, PReLU's slope diff as
+    Caffe's sequential sum, and EuclideanLoss through sdot: every blob and diff of cov_activations."""
     folder, net = exact_forward("cov_activations", backward=True)
     with np.load(folder / "blobs.npz") as blobs:
         for name in blobs.files:
@@ -74,8 +73,6 @@ def test_activations_equal_caffes_bit_for_bit():
         for key in grads.files:
             if key.startswith("blob:"):
                 ours = net.blobs[key[5:]].diff.numpy()
-            elif key.startswith("prelu"):
-                continue
             else:
                 layer, _, index = key.rpartition("/")
                 ours = net.params[layer][int(index)].grad.numpy()
