@@ -2,7 +2,7 @@
 trained alone and distilled from the teacher at T = 20. The paper: 67 (teacher), 146 (student alone), 74
 (distilled) test errors out of 10,000. Target here: the distilled student makes >= 30% fewer errors than alone.
 
-    .venv/bin/python bench/hinton_mnist.py --jobs 2             # full MNIST from ../shared/data/mnist, ~45 min
+    .venv/bin/python bench/hinton_mnist.py --jobs 2             # full MNIST from ../shared/data/mnist, ~35 min
     nohup .venv/bin/python bench/hinton_mnist.py --jobs 2 > runs/hinton/bench.log 2>&1 &      # in the background
 
 Nets (prototxt/hinton_mnist.prototxt, i.e. mlp.prototxt's variables; solvers/mlp_solver.prototxt):
