@@ -8,15 +8,12 @@ Caffe's order), and the same accumulation order of gradients.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.caffe_blas import gemm, gemv
+from pipeline.ops.libm import float_libm
 
 
 class InnerProductGemm(torch.autograd.Function):
@@ -145,16 +142,6 @@ class ConvolutionGemm(torch.autograd.Function):
                     )  # fmt: skip
                 grad_x[i] = F.fold(col_diff[None], output_size=(height, width), **geometry)[0]
         return grad_x, grad_w, grad_b, None, None, None, None
-
-
-@functools.cache
-def float_libm() -> ctypes.CDLL:
-    """The C maths library, for expf/logf exactly as Caffe's compiled code calls them (loaded on first use)."""
-    lib = ctypes.CDLL(ctypes.util.find_library("m"))
-    for name in ("expf", "logf", "powf"):
-        arity = 2 if name == "powf" else 1
-        getattr(lib, name).argtypes, getattr(lib, name).restype = [ctypes.c_float] * arity, ctypes.c_float
-    return lib
 
 
 def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ class EuclideanLoss(Layer):
         return [()]
 
     def forward(self, a, b):
-        if caffe_blas.active(a) and a.dim() > 0:
+        if caffe_blas.active(a):
             return _CaffeEuclidean.apply(a, b.reshape(a.shape))
         diff = a - b.reshape(a.shape)
         return (diff * diff).sum() / (2 * a.shape[0])

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from pipeline.layers.base import Layer
-from pipeline.layers.caffe_gemm import float_libm
 from pipeline.layers.registry import register
 from pipeline.ops.caffe_cpu import caffe_neuron, caffe_powx, exact_neuron
+from pipeline.ops.libm import float_libm
 
 f32 = np.float32
 

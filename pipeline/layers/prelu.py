@@ -58,7 +58,7 @@ class PReLU(Layer):
         return [shape]
 
     def forward(self, x):
-        if caffe_blas.active(x) and x.requires_grad | self.weight.requires_grad:
+        if caffe_blas.active(x) and (x.requires_grad or self.weight.requires_grad):
             return _CaffePReLU.apply(x, self.weight.reshape(-1), self.channel_shared)
         return F.prelu(x, self.weight.reshape(-1))
 

@@ -9,29 +9,23 @@ result, which differs from glibc in the last bit for a few arguments.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 from collections.abc import Callable
 
 import numpy as np
 
 from pipeline.errors import SolverError
+from pipeline.ops.libm import float_libm
 from pipeline.proto import caffe_pb2
 
 f32 = np.float32
 
 
 def _load_libm():
-    name = ctypes.util.find_library("m")
     try:
-        libm = ctypes.CDLL(name) if name else None
+        libm = float_libm()
     except OSError:
-        libm = None
-    if libm is None:
         return None, None
-    libm.powf.restype, libm.powf.argtypes = ctypes.c_float, [ctypes.c_float, ctypes.c_float]
-    libm.expf.restype, libm.expf.argtypes = ctypes.c_float, [ctypes.c_float]
     return libm.powf, libm.expf
 
 
