@@ -58,8 +58,8 @@ def _library() -> ctypes.CDLL:
         lib.cblas_sgemv.restype = None
         lib.cblas_saxpy.argtypes = [i, f, p, i, p, i]
         lib.cblas_saxpy.restype = None
-        lib.cblas_saxpby.argtypes = [i, f, p, i, f, p, i]
-        lib.cblas_saxpby.restype = None
+        lib.cblas_sscal.argtypes = [i, f, p, i]
+        lib.cblas_sscal.restype = None
         lib.cblas_sdot.argtypes = [i, p, i, p, i]
         lib.cblas_sdot.restype = f
         # Caffe's reference runs used OPENBLAS_NUM_THREADS=2, and OpenBLAS's threaded kernels round differently
@@ -136,31 +136,38 @@ def gemv(trans_a: bool, m: int, n: int, alpha: float, a, x, beta: float, y) -> N
     )
 
 
-def _flat_pair(x: torch.Tensor, y: torch.Tensor) -> bool:
-    # Element-wise BLAS on raw memory: both dense with the same strides (e.g. an NHWC weight and its NHWC diff).
-    return x.stride() == y.stride() and x.is_contiguous(memory_format=_dense_format(x))
-
-
-def _dense_format(x: torch.Tensor) -> torch.memory_format:
-    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if nhwc else torch.contiguous_format
+def _caffe_order(x: torch.Tensor, y: torch.Tensor):
+    # OpenBLAS's vector kernels treat the last n % 16 elements (and, threaded, the last ones of each thread's
+    # share) in plain C, without the fused multiply-add of the vector body: which element is rounded which way
+    # depends on its position in memory. Run them on Caffe's row-major (NCHW) order, whatever layout we keep.
+    return x.contiguous(), (y if y.is_contiguous() else y.contiguous())
 
 
 def axpy(alpha: float, x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Caffe's caffe_axpy<float>: y += alpha x through OpenBLAS saxpy, if exact BLAS is on and x, y are float32
-    CPU tensors laid out alike; returns whether it did (else the caller does it its own way)."""
-    if not (active(y) and _flat_pair(x, y)):
+    """Caffe's caffe_axpy<float>: y += alpha x through OpenBLAS saxpy, if exact BLAS is on for float32 CPU
+    tensors of one shape; returns whether it did (else the caller does it its own way)."""
+    if not active(y) or x.shape != y.shape:
         return False
-    _library().cblas_saxpy(x.numel(), alpha, x.data_ptr(), 1, y.data_ptr(), 1)
+    xc, yc = _caffe_order(x, y)
+    _library().cblas_saxpy(xc.numel(), alpha, xc.data_ptr(), 1, yc.data_ptr(), 1)
+    if yc is not y:
+        y.copy_(yc)
     return True
 
 
 def axpby(alpha: float, x: torch.Tensor, beta: float, y: torch.Tensor) -> bool:
-    """Caffe's caffe_cpu_axpby<float>: y = alpha x + beta y through OpenBLAS saxpby; like `axpy`, returns whether
-    it applied."""
-    if not (active(y) and _flat_pair(x, y)):
+    """Caffe's caffe_cpu_axpby<float>: y = alpha x + beta y; like `axpy`, returns whether it applied.
+
+    Not OpenBLAS's saxpby: Caffe built without MKL defines cblas_saxpby itself (mkl_alternate.hpp) as
+    sscal(beta, y) then saxpy(alpha, x, y), i.e. beta y rounded, then mostly fused with alpha x."""
+    if not active(y) or x.shape != y.shape:
         return False
-    _library().cblas_saxpby(x.numel(), alpha, x.data_ptr(), 1, beta, y.data_ptr(), 1)
+    xc, yc = _caffe_order(x, y)
+    lib = _library()
+    lib.cblas_sscal(yc.numel(), beta, yc.data_ptr(), 1)
+    lib.cblas_saxpy(xc.numel(), alpha, xc.data_ptr(), 1, yc.data_ptr(), 1)
+    if yc is not y:
+        y.copy_(yc)
     return True
 
 

@@ -16,11 +16,36 @@ from pipeline.caffe_blas import gemm, gemv
 from pipeline.ops.libm import float_libm
 
 
+def diff_buffer(param: torch.Tensor | None, needed: bool) -> torch.Tensor | None:
+    """Where a parameter gradient accumulates, as in Caffe, whose layers add into the blob's diff (gemm and gemv
+    with beta 1) on top of what earlier sub-batches (iter_size) or weight-sharing layers left there: the
+    parameter's own .grad when it is a leaf (in Caffe's row-major order), else a zero buffer. Adding a separately
+    summed gradient afterwards, as autograd would, rounds differently."""
+    if param is None or not needed:
+        return None
+    if param.is_leaf and param.grad is not None:
+        return param.grad.contiguous()
+    return torch.zeros(param.shape, dtype=param.dtype, device=param.device)
+
+
+def store_diff(param: torch.Tensor | None, diff: torch.Tensor | None) -> torch.Tensor | None:
+    """Puts an accumulated leaf gradient in place (returns None: autograd must not add it again); returns the
+    gradient itself for a non-leaf parameter, which autograd passes on."""
+    if diff is None or not param.is_leaf:
+        return diff
+    if param.grad is None:
+        param.grad = diff
+    elif param.grad.data_ptr() != diff.data_ptr():
+        param.grad.copy_(diff)
+    return None
+
+
 class InnerProductGemm(torch.autograd.Function):
     """InnerProductLayer<float>::Forward_cpu / Backward_cpu; x is (M, K), weight (N, K), or (K, N) transposed."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, transpose: bool):
+        ctx.params = (weight, bias)
         x, weight = x.contiguous(), weight.contiguous()
         m, k = x.shape
         n = weight.shape[1] if transpose else weight.shape[0]
@@ -38,20 +63,20 @@ class InnerProductGemm(torch.autograd.Function):
         top_diff = top_diff.contiguous()
         m, k = x.shape
         n = top_diff.shape[1]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(weight)
+        grad_x = None
+        grad_w = diff_buffer(ctx.params[0], ctx.needs_input_grad[1])
+        grad_b = diff_buffer(ctx.params[1], ctx.needs_input_grad[2])
+        if grad_w is not None:
             if ctx.transpose:
                 gemm(True, False, k, n, m, 1.0, (x, 0), (top_diff, 0), 1.0, (grad_w, 0))
             else:
                 gemm(True, False, n, k, m, 1.0, (top_diff, 0), (x, 0), 1.0, (grad_w, 0))
-        if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = torch.zeros_like(bias)
+        if grad_b is not None:
             gemv(True, m, n, 1.0, (top_diff, 0), (x.new_ones(m), 0), 1.0, (grad_b, 0))
         if ctx.needs_input_grad[0]:
             grad_x = x.new_empty(m, k)
             gemm(False, ctx.transpose, m, k, n, 1.0, (top_diff, 0), (weight, 0), 0.0, (grad_x, 0))
-        return grad_x, grad_w, grad_b, None
+        return grad_x, store_diff(ctx.params[0], grad_w), store_diff(ctx.params[1], grad_b), None
 
 
 class ConvolutionGemm(torch.autograd.Function):
@@ -60,6 +85,7 @@ class ConvolutionGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, pad, dilation, group: int):
+        ctx.params = (weight, bias)
         x, weight = x.contiguous(), weight.contiguous()
         num, _, height, width = x.shape
         out_channels, _, kh, kw = weight.shape
@@ -105,9 +131,10 @@ class ConvolutionGemm(torch.autograd.Function):
         out_channels = weight.shape[0]
         kernel_dim = weight[0].numel()
         m = out_channels // group
-        grad_x = grad_w = grad_b = None
-        if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = torch.zeros_like(bias)
+        grad_x = None
+        grad_w = diff_buffer(ctx.params[0], ctx.needs_input_grad[1])
+        grad_b = diff_buffer(ctx.params[1], ctx.needs_input_grad[2])
+        if grad_b is not None:
             ones = x.new_ones(spatial)
             for i in range(num):
                 gemv(
@@ -120,8 +147,6 @@ class ConvolutionGemm(torch.autograd.Function):
                     1.0,
                     (grad_b, 0),
                 )
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(weight)
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
         col_diff = x.new_empty(channels * weight.shape[2] * weight.shape[3], spatial)
@@ -141,7 +166,7 @@ class ConvolutionGemm(torch.autograd.Function):
                         (top_diff, top_offset + g * m * spatial), 0.0, (col_diff, g * kernel_dim * spatial),
                     )  # fmt: skip
                 grad_x[i] = F.fold(col_diff[None], output_size=(height, width), **geometry)[0]
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, store_diff(ctx.params[0], grad_w), store_diff(ctx.params[1], grad_b), None, None, None, None
 
 
 def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver
+from pipeline.solvers.sgd import SGDSolver, caffe_axpby
 
 f32 = np.float32
 
@@ -16,6 +16,6 @@ class NesterovSolver(SGDSolver):
         momentum = f32(self.param.momentum)
         history = self.history[i]
         previous = history.clone()
-        history.mul_(float(momentum)).add_(diff * float(local_rate))
-        # update = (1 + momentum) * history - momentum * previous
-        return (history * float(f32(1) + momentum)).add_(previous * float(-momentum))
+        caffe_axpby(float(local_rate), diff, float(momentum), history)
+        # update = (1 + momentum) * history - momentum * previous: the step back, then over
+        return caffe_axpby(float(f32(1) + momentum), history, float(-momentum), previous)

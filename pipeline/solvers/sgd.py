@@ -6,8 +6,8 @@ L1: decay * sign(w), decay = weight_decay * decay_mult), turn the gradient into 
 history (`compute_update_value`, which uses local_rate = rate * lr_mult), and finally w -= update.
 
 Each step is a float32 tensor operation in Caffe's order, so every rounding happens where Caffe's does:
-Caffe's axpby (a*x + b*y) is two rounded products and a rounded sum, its axpy (the weight decay) one fused
-multiply-add, as OpenBLAS computes them.
+Caffe's axpby (a*x + b*y) is a rounded product b*y and a fused multiply-add of a*x onto it, its axpy (the
+weight decay) one fused multiply-add, as OpenBLAS computes them.
 """
 
 from __future__ import annotations
@@ -33,11 +33,19 @@ def caffe_square(x: torch.Tensor) -> torch.Tensor:
 
 
 def caffe_axpby(alpha: float, x: torch.Tensor, beta: float, y: torch.Tensor) -> torch.Tensor:
-    """Caffe's caffe_cpu_axpby, y = alpha x + beta y in place: OpenBLAS saxpby in the bit-exact mode, else two
-    rounded products and a rounded sum (what OpenBLAS computes on x86-64)."""
+    """Caffe's caffe_cpu_axpby, y = alpha x + beta y in place, as Caffe without MKL computes it: beta y rounded,
+    then alpha x added in one fused multiply-add (OpenBLAS sscal + saxpy; exactly those in the bit-exact mode)."""
     if not caffe_blas.axpby(alpha, x, beta, y):
-        y.mul_(beta).add_(x * alpha)
+        y.mul_(beta).add_(x, alpha=alpha)
     return y
+
+
+def caffe_sumsq(x: torch.Tensor) -> float:
+    """Caffe's Blob::sumsq_diff: OpenBLAS sdot of the diff with itself in the bit-exact mode."""
+    if caffe_blas.active(x):
+        return caffe_blas.dot(x, x)
+    flat = x.reshape(-1)
+    return torch.dot(flat, flat).item()
 
 
 def caffe_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -106,8 +114,7 @@ class SGDSolver(Solver):
         sumsq = f32(0)
         for diff in diffs:
             if diff is not None:
-                flat = diff.reshape(-1)
-                sumsq = f32(sumsq + f32(torch.dot(flat, flat).item()))
+                sumsq = f32(sumsq + f32(caffe_sumsq(diff)))
         l2norm = f32(np.sqrt(sumsq))
         if l2norm > clip:
             scale = f32(clip / l2norm)
@@ -140,11 +147,7 @@ class SGDSolver(Solver):
 
     def compute_update_value(self, i: int, diff: torch.Tensor, local_rate: np.float32) -> torch.Tensor:
         """history = momentum * history + local_rate * diff; the update is the history."""
-        history = self.history[i]
-        if caffe_blas.axpby(float(local_rate), diff, float(f32(self.param.momentum)), history):
-            return history
-        history.mul_(float(f32(self.param.momentum))).add_(diff.mul_(float(local_rate)))
-        return history
+        return caffe_axpby(float(local_rate), diff, float(f32(self.param.momentum)), self.history[i])
 
     # ----- history in snapshots ----------------------------------------------------------------------
     def history_arrays(self) -> list[np.ndarray]:
