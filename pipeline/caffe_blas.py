@@ -4,7 +4,9 @@ Caffe's CPU convolution and InnerProduct are im2col plus OpenBLAS `cblas_sgemm`,
 `cblas_sgemv`; a product summed in another order (oneDNN, torch's BLAS) differs in the last bits, and chaotic
 training runs (AdaGrad, Adam, CIFAR10-quick) turn that into visible loss differences within tens of iterations.
 With the OpenBLAS that Caffe was linked against (Debian's libopenblas0-pthread, 0.3.21 for the reference runs
-of ../shared/caffe-reference) this module makes the same calls with the same arguments.
+of ../shared/caffe-reference, driven by its Haswell kernels and 2 threads) this module makes the same calls with
+the same arguments, on memory in Caffe's order: every training run of the reference set then equals Caffe's bit
+for bit, snapshots included.
 
 Off by default (it is slower); on with `exact_blas(True)` (a context manager too) or CAFFE_EXACT_BLAS=1.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -27,7 +30,7 @@ CANDIDATES = (
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
 )
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
-_state: dict[str, object] = {"on": os.environ.get("CAFFE_EXACT_BLAS", "") not in ("", "0")}
+_state: dict[str, object] = {"on": False}
 
 
 def library_path() -> str | None:
@@ -47,6 +50,11 @@ def _library() -> ctypes.CDLL:
                 "exact Caffe BLAS needs OpenBLAS (Debian: apt-get install libopenblas0-pthread, or set CAFFE_OPENBLAS "
                 "to the libopenblas.so Caffe used)"
             )
+        if platform.machine() == "x86_64":
+            # The reference Caffe ran OpenBLAS's Haswell kernels (the environment's OPENBLAS_CORETYPE): on this
+            # AMD EPYC OpenBLAS would pick its Cooperlake ones, whose products round otherwise (LeNet's SGD loss
+            # then leaves Caffe's at iteration 6). An explicit OPENBLAS_CORETYPE wins; it is read when loaded.
+            os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
         try:
             lib = ctypes.CDLL(path)
         except OSError as exc:
@@ -84,12 +92,23 @@ def active(x: torch.Tensor) -> bool:
     )
 
 
+def _switch(enabled: bool) -> None:
+    # OpenBLAS's two threads do the arithmetic of this mode. Torch's own OpenMP workers, spinning idle between
+    # its small ops, would take their cores (CIFAR10-quick ran 3.7x slower): torch runs single-threaded meanwhile.
+    if enabled and not _state["on"]:
+        _state["torch_threads"] = torch.get_num_threads()
+        torch.set_num_threads(1)
+    elif not enabled and _state["on"]:
+        torch.set_num_threads(int(_state.pop("torch_threads")))
+    _state["on"] = enabled
+
+
 @contextlib.contextmanager
 def _restoring(previous: bool):
     try:
         yield
     finally:
-        _state["on"] = previous
+        _switch(previous)
 
 
 def exact_blas(enabled: bool = True):
@@ -97,7 +116,7 @@ def exact_blas(enabled: bool = True):
     if enabled:
         _library()  # fail now, with the remedy, rather than mid-forward
     previous = bool(_state["on"])
-    _state["on"] = enabled
+    _switch(enabled)
     return _restoring(previous)
 
 
@@ -175,3 +194,7 @@ def dot(x: torch.Tensor, y: torch.Tensor) -> float:
     """Caffe's caffe_cpu_dot<float>: OpenBLAS sdot over two contiguous float32 CPU tensors of equal size."""
     x, y = x.contiguous(), y.contiguous()
     return _library().cblas_sdot(x.numel(), x.data_ptr(), 1, y.data_ptr(), 1)
+
+
+if os.environ.get("CAFFE_EXACT_BLAS", "") not in ("", "0"):
+    _switch(True)
