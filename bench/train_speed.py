@@ -1,10 +1,11 @@
 """Training speed: our Solver against a hand-written PyTorch loop, same net, batch and data, and Caffe's figures.
 
-    .venv/bin/python bench/train_speed.py [--repeats 3]
+    .venv/bin/python bench/train_speed.py [--repeats 3] [--caffe-blas]
 
 Runs the real Caffe speed cases of ../shared/caffe-reference/speed (LeNet 500 iterations, CIFAR10-quick 200,
 HDF5 data, no test net, display 100), alternating ours and the hand-written loop. Targets (issue 3): ours at
-most 1.1x slower than the hand-written loop; twice Caffe's iterations/s.
+most 1.1x slower than the hand-written loop; twice Caffe's iterations/s. `--caffe-blas` also times the
+bit-exact mode (pipeline/caffe_blas.py), which has no target but Caffe's own numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine  # noqa: E402
 from bench.net_overhead import ChannelsLast, HandCifarQuick, HandLeNet  # noqa: E402
+from pipeline.caffe_blas import exact_blas  # noqa: E402
 from pipeline.glog import setup_logging  # noqa: E402
 from pipeline.solvers import build_solver, read_solver_param  # noqa: E402
 
@@ -32,8 +34,12 @@ SPEED = Path(__file__).resolve().parents[2] / "shared" / "caffe-reference" / "sp
 CASES = {"lenet_train_500": HandLeNet, "cifar10_quick_train_200": HandCifarQuick}
 
 
-def ours(folder: Path) -> float:
-    """Seconds from the first to the last iteration of our solver (set-up excluded, as Caffe's log timing)."""
+def ours(folder: Path, exact: bool = False) -> float:
+    """Seconds from the first to the last iteration of our solver (set-up excluded, as Caffe's log timing);
+    `exact`: in the bit-exact mode."""
+    if exact:
+        with exact_blas(True):
+            return ours(folder)
     os.chdir(folder)
     param, _ = read_solver_param("solver.prototxt")
     param.snapshot_after_train = False
@@ -65,6 +71,7 @@ def hand(
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--caffe-blas", action="store_true", help="also time the bit-exact mode")
     args = parser.parse_args()
     if not SPEED.exists():
         print(f"{SPEED} not found: this benchmark needs ../shared")
@@ -79,12 +86,14 @@ def main() -> int:
         iterations = param.max_iter
         net_text = (folder / "net.prototxt").read_text()
         batch = int(net_text.split("batch_size:")[1].split()[0])
-        ours_s, hand_s, plain_s = [], [], []
+        ours_s, hand_s, plain_s, exact_s = [], [], [], []
         rule = (param.base_lr, param.momentum, param.weight_decay)
         for _ in range(args.repeats):
             ours_s.append(ours(folder))
             hand_s.append(hand(folder, model_cls, iterations, batch, *rule, nhwc=True))
             plain_s.append(hand(folder, model_cls, iterations, batch, *rule, nhwc=False))
+            if args.caffe_blas:
+                exact_s.append(ours(folder, exact=True))
         ours_ips, hand_ips = iterations / statistics.median(ours_s), iterations / statistics.median(hand_s)
         plain_ips = iterations / statistics.median(plain_s)
         caffe_ips = caffe[case]["median_iterations_per_second"]
@@ -95,6 +104,9 @@ def main() -> int:
             f"(ours {ratio:.3f}x slower)  plain hand-written (NCHW) {plain_ips:7.1f} it/s  "
             f"Caffe 1.0 {caffe_ips:6.1f} it/s  (ours {ours_ips / caffe_ips:.2f}x Caffe)"
         )
+        if exact_s:
+            exact_ips = iterations / statistics.median(exact_s)
+            print(f"{'':24s} ours bit-exact (--caffe-blas) {exact_ips:7.1f} it/s ({exact_ips / caffe_ips:.2f}x Caffe)")
     verdict = "PASS" if worst_ratio <= 1.1 else "FAIL"
     print(f"worst slow-down vs hand-written {worst_ratio:.3f} (target <= 1.1): {verdict}")
     print(f"worst speed vs Caffe {worst_vs_caffe:.2f}x (aim >= 2)")

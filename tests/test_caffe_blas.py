@@ -1,6 +1,7 @@
 """Exact Caffe BLAS mode (pipeline/caffe_blas.py): real Caffe 1.0's blobs, gradients and training losses bit for
 bit where Caffe's arithmetic is im2col + OpenBLAS gemm (Convolution, InnerProduct) and its softmax."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +9,13 @@ import pytest
 import torch
 from conftest import shared_path
 from reference import run_case as run_forward_case
+from solver_util import kept_logger
 from test_solver_conformance import CASES, Recorder, make_solver, mirror, read_trace, record_tests
 from test_solver_conformance import run_case as run_training_case
 
 from pipeline import caffe_blas
 from pipeline.caffe_blas import exact_blas
-from pipeline.cli import build_parser
+from pipeline.cli import build_parser, main
 from pipeline.proto.caffe_pb2 import SolverState
 from pipeline.solvers.sgd import caffe_axpby
 from pipeline.weights import layer_arrays_from_caffemodel
@@ -220,3 +222,33 @@ def test_axpby_is_caffes_scal_then_axpy_in_nchw_order():
     assert int((expected != fused).sum()) <= 2 * 31 < int((expected != unfused).sum())
     # The default mode's own rule agrees with it to the element, the kernel's tails aside.
     assert int((caffe_axpby(alpha, x, beta, y.clone()) != expected).sum()) <= 2 * 31
+
+
+def caffe_log_messages(path: Path) -> list[str]:
+    """The training story of a glog file: losses, rates, test outputs, snapshots, the end; the speed note of
+    Caffe's 'Iteration N (x iter/s, ys/n iters), loss' lines left out (it is the clock's, not the numbers')."""
+    story = re.compile(
+        r"Iteration \d+(, | \(.*\), )(loss|lr) = .*|Iteration \d+, Testing net .*|\s+(Train|Test) net output #.*"
+        r"|Snapshotting .*|Optimization Done\."
+    )
+    messages = []
+    for line in path.read_text().splitlines():
+        message = line.split("] ", 1)[1] if "] " in line else line
+        if story.fullmatch(message):
+            messages.append(re.sub(r"^Iteration (\d+) \(.*\), loss", r"Iteration \1, loss", message))
+    return messages
+
+
+def test_train_verb_prints_caffes_log_line_for_line(tmp_path, monkeypatch, capsys):
+    """`train --solver solver.prototxt --weights init.caffemodel --caffe-blas` in Caffe's own case folder: every
+    loss, lr, test output, snapshot and end line of our glog file is the line in Caffe's caffe.log."""
+    folder = mirror("lenet_sgd_inv", tmp_path)
+    monkeypatch.chdir(folder)
+    previous = torch.get_num_threads()
+    with kept_logger():
+        assert main(["train", "--solver", "solver.prototxt", "--weights", "init.caffemodel", "--caffe-blas"]) == 0
+    assert torch.get_num_threads() == previous
+    ours = caffe_log_messages(next(folder.glob("lenet_sgd_inv_train_*.log")))
+    caffe = caffe_log_messages(folder / "caffe.log")
+    assert len(caffe) > 600 and sum("Train net output" in m for m in caffe) == 200
+    assert ours == caffe

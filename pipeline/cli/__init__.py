@@ -7,6 +7,7 @@ are printed as one clear line with exit status 1, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import sys
@@ -65,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
 def run_guarded(run: Callable, args, program: str | None = None) -> int:
     """Run a verb or tool: our errors become one line on stderr and exit status 1, Ctrl-C exit status 130."""
     try:
-        if getattr(args, "caffe_blas", False):
-            from pipeline.caffe_blas import exact_blas
+        with contextlib.ExitStack() as scope:
+            if getattr(args, "caffe_blas", False):
+                from pipeline.caffe_blas import exact_blas
 
-            exact_blas(True)
-        return int(run(args) or 0)
+                scope.enter_context(exact_blas(True))  # for this verb only: `main` may be called again
+            return int(run(args) or 0)
     except PipelineError as exc:
         print(f"{program + ': ' if program else ''}error: {exc}", file=sys.stderr)
         return 1

@@ -173,6 +173,7 @@ def run(args) -> int:
         except PipelineError as exc:
             log.error("%s", exc)
             raise
+    log.info("Optimization Done.")  # caffe.cpp's own, after the solver's
     print(f"log: {log_file}")
     report = report_for_solver(solver, log_file, solver_text, timer)
     if report is not None:
