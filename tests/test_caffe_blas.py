@@ -33,20 +33,6 @@ def exact_forward(case: str, backward: bool):
     return folder, net
 
 
-def test_lenet_blobs_and_gradients_equal_caffes_bit_for_bit():
-    folder, net = exact_forward("lenet_ethereon_loss", backward=True)
-    with np.load(folder / "blobs.npz") as blobs:
-        for name in blobs.files:
-            np.testing.assert_array_equal(net.blobs[name].data.detach().numpy().reshape(blobs[name].shape), blobs[name])
-    with np.load(folder / "grads.npz") as grads:
-        params = [key for key in grads.files if not key.startswith("blob:")]
-        assert len(params) == 8
-        for key in params:
-            layer, _, index = key.rpartition("/")
-            grad = net.params[layer][int(index)].grad
-            np.testing.assert_array_equal(grad.numpy().reshape(grads[key].shape), grads[key], err_msg=key)
-
-
 def test_cifar10_quick_and_conv_variants_equal_caffes_bit_for_bit():
     folder, net = exact_forward("cifar10_quick_everpeace", backward=False)
     with np.load(folder / "blobs.npz") as blobs:
@@ -66,15 +52,32 @@ def test_cifar10_quick_and_conv_variants_equal_caffes_bit_for_bit():
         np.testing.assert_array_equal(net.blobs["x"].diff.numpy().reshape(grads["blob:x"].shape), grads["blob:x"])
 
 
-def test_activations_equal_caffes_bit_for_bit():
-    """Sigmoid, TanH, BNLL, ELU, Power (powf), Exp and Log as Caffe's float expressions, PReLU's slope diff as
-    Caffe's sequential sum, and EuclideanLoss through sdot: every blob and diff of cov_activations."""
-    folder, net = exact_forward("cov_activations", backward=True)
+#: Reference nets whose every blob and every diff (parameters and blobs, Split branches included) the mode
+#: reproduces: activations (libm float expressions, PReLU's sequential slope sum, sdot in EuclideanLoss), Eltwise
+#: (saxpy sums, PROD's gradient in Caffe's order), pooling, concat/slice/split, reshape/flatten/crop, InnerProduct
+#: variants, Im2col, Dropout in TEST, and LeNet.
+EXACT_NETS = [
+    "cov_activations",
+    "cov_eltwise",
+    "cov_pooling",
+    "cov_concat_slice_split",
+    "cov_reshape_flatten_crop",
+    "cov_innerproduct",
+    "cov_im2col",
+    "cov_dropout_test",
+    "lenet_ethereon_loss",
+]
+
+
+@pytest.mark.parametrize("case", EXACT_NETS)
+def test_every_blob_and_diff_equals_caffes_bit_for_bit(case):
+    folder, net = exact_forward(case, backward=True)
     with np.load(folder / "blobs.npz") as blobs:
         for name in blobs.files:
             ours = net.blobs[name].data.detach().numpy().reshape(blobs[name].shape)
             np.testing.assert_array_equal(ours, blobs[name], err_msg=name)
     with np.load(folder / "grads.npz") as grads:
+        assert grads.files
         for key in grads.files:
             if key.startswith("blob:"):
                 ours = net.blobs[key[5:]].diff.numpy()

@@ -32,6 +32,31 @@ class _QuotientProd(torch.autograd.Function):
         return tuple(top / b * grad if need else None for b, need in zip(bottoms, ctx.needs_input_grad))
 
 
+class _StableProd(torch.autograd.Function):
+    """Product of the bottoms whose backward multiplies the other bottoms in their order, then the top diff, as
+    EltwiseLayer::Backward_cpu does (autograd's chain rule would multiply in another order and round otherwise)."""
+
+    @staticmethod
+    def forward(ctx, *bottoms):
+        top = bottoms[0] * bottoms[1]
+        for b in bottoms[2:]:
+            top = top * b
+        ctx.save_for_backward(*bottoms)
+        return top
+
+    @staticmethod
+    def backward(ctx, grad):
+        bottoms = ctx.saved_tensors
+        grads = []
+        for i, need in enumerate(ctx.needs_input_grad):
+            others = [b for j, b in enumerate(bottoms) if j != i]
+            product = others[0]
+            for b in others[1:]:
+                product = b * product
+            grads.append(product * grad if need else None)
+        return tuple(grads)
+
+
 @register("Eltwise")
 class Eltwise(Layer):
     num_bottoms = (2, None)
@@ -62,8 +87,11 @@ class Eltwise(Layer):
         if self.operation == E.SUM:
             top = None
             for c, b in zip(self.coeffs, bottoms):
-                term = b if c == 1 else b * c
-                top = term if top is None else top + term
+                # Caffe adds each bottom with saxpy: c * b fused into the running sum.
+                if top is None:
+                    top = b if c == 1 else b * c
+                else:
+                    top = top + b if c == 1 else torch.add(top, b, alpha=c)
             return top
         top = torch.where(bottoms[0] > bottoms[1], bottoms[0], bottoms[1])
         for b in bottoms[2:]:
@@ -72,8 +100,8 @@ class Eltwise(Layer):
         return top
 
     def _prod(self, bottoms):
-        if not self.stable_prod_grad and torch.is_grad_enabled() and any(b.requires_grad for b in bottoms):
-            return _QuotientProd.apply(*bottoms)
+        if torch.is_grad_enabled() and any(b.requires_grad for b in bottoms):
+            return (_StableProd if self.stable_prod_grad else _QuotientProd).apply(*bottoms)
         top = bottoms[0] * bottoms[1]
         for b in bottoms[2:]:
             top = top * b
