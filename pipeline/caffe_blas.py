@@ -155,6 +155,11 @@ def gemv(trans_a: bool, m: int, n: int, alpha: float, a, x, beta: float, y) -> N
     )
 
 
+def axpy_at(n: int, alpha: float, x, y) -> None:
+    """saxpy on n elements of raw row-major buffers: x, y are (tensor, element offset) pairs, as for `gemm`."""
+    _library().cblas_saxpy(n, alpha, _ptr(*x), 1, _ptr(*y), 1)
+
+
 def _caffe_order(x: torch.Tensor, y: torch.Tensor):
     # OpenBLAS's vector kernels treat the last n % 16 elements (and, threaded, the last ones of each thread's
     # share) in plain C, without the fused multiply-add of the vector body: which element is rounded which way

@@ -4,13 +4,16 @@ ACROSS_CHANNELS: scale = k + alpha / n * (sum of x^2 over the n channels centred
 WITHIN_CHANNEL:  scale = 1 + alpha * (mean of x^2 over the n x n window centred on (h, w), zero padded, always
                  divided by n * n). Caffe builds this branch from Power/Pooling(AVE, pad (n-1)/2)/Eltwise layers
                  and never reads k, so k is ignored here too.
-Caffe's backward for both is the exact derivative, so autograd gives it.
+Caffe's backward for both is the exact derivative, so autograd gives it; the bit-exact mode runs Caffe's own
+arithmetic (pipeline/layers/caffe_lrn.py).
 """
 
 import torch.nn.functional as F
 
 from pipeline.layers.base import Layer
+from pipeline.layers.caffe_lrn import CrossChannelLRN, within_channel_lrn
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 from pipeline.proto import caffe_pb2
 
 ACROSS_CHANNELS = caffe_pb2.LRNParameter.ACROSS_CHANNELS
@@ -36,6 +39,10 @@ class LRN(Layer):
         return [shape]
 
     def forward(self, x):
+        if exact_neuron(x):
+            if self.region == ACROSS_CHANNELS:
+                return CrossChannelLRN.apply(x, self.size, self.alpha, self.beta, self.k)
+            return within_channel_lrn(x, self.size, self.alpha, self.beta)
         square = x * x
         if self.region == ACROSS_CHANNELS:
             # Zero-pad the channel axis, then an (n, 1, 1) window over (C, H, W) gives mean = sum / n of n channels.
