@@ -54,13 +54,15 @@ def test_cifar10_quick_and_conv_variants_equal_caffes_bit_for_bit():
 
 #: Reference nets whose every blob and every diff (parameters and blobs, Split branches included) the mode
 #: reproduces: activations (libm float expressions, PReLU's sequential slope sum, sdot in EuclideanLoss),
-#: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), pooling,
+#: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias
+#: (diffs summed by sgemv/sdot as Caffe does), pooling,
 #: concat/slice/split, reshape/flatten/crop, InnerProduct variants, Im2col, Dropout in TEST, and LeNet.
 EXACT_NETS = [
     "cov_activations",
     "cov_eltwise",
     "cov_lrn",
     "cov_pooling",
+    "cov_scale_bias",
     "cov_concat_slice_split",
     "cov_reshape_flatten_crop",
     "cov_innerproduct",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 from pipeline.layers.base import Layer, Shape, canonical_axis
+from pipeline.layers.caffe_scale_bias import CaffeBias
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 
 
 def learned_blob_shape(layer: Layer, bottom: Shape, axis: int, num_axes: int, what: str) -> Shape:
@@ -68,6 +70,8 @@ class Bias(Layer):
         return [shape]
 
     def forward(self, x, bias=None):
+        if exact_neuron(x):
+            return CaffeBias.apply(x, self.bias if bias is None else bias, self.axis, bias is None)
         bias = self.bias if bias is None else bias
         return x + broadcastable(bias, x.dim(), self.axis)
 

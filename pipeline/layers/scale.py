@@ -8,7 +8,9 @@ with one bottom, [bias] with two.
 
 from pipeline.layers.base import Layer
 from pipeline.layers.bias import aligned_axis, broadcastable, learned_blob_shape
+from pipeline.layers.caffe_scale_bias import CaffeBias, CaffeScale
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 from pipeline.proto import caffe_pb2
 
 
@@ -39,6 +41,10 @@ class Scale(Layer):
         return [shape]
 
     def forward(self, x, scale=None):
+        if exact_neuron(x):
+            learned = scale is None
+            y = CaffeScale.apply(x, self.weight if learned else scale, self.axis, learned)
+            return y if self.bias is None else CaffeBias.apply(y, self.bias, self.bias_axis, True)
         scale = self.weight if scale is None else scale
         y = x * broadcastable(scale, x.dim(), self.axis)
         if self.bias is not None:
