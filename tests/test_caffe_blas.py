@@ -16,8 +16,8 @@ from test_solver_conformance import run_case as run_training_case
 from pipeline import caffe_blas
 from pipeline.caffe_blas import exact_blas
 from pipeline.cli import build_parser, main
+from pipeline.ops.caffe_math import caffe_axpby
 from pipeline.proto.caffe_pb2 import SolverState
-from pipeline.solvers.sgd import caffe_axpby
 from pipeline.weights import layer_arrays_from_caffemodel
 
 pytestmark = pytest.mark.skipif(

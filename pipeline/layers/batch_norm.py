@@ -14,7 +14,10 @@ Global statistics (the default in TEST) leave the blobs alone; the diff is then 
 import torch
 
 from pipeline.layers.base import TEST, Layer
+from pipeline.layers.caffe_batch_norm import CaffeBatchStatsNorm
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
+from pipeline.ops.caffe_math import sqrtf
 
 
 class _BatchStatsNorm(torch.autograd.Function):
@@ -25,7 +28,7 @@ class _BatchStatsNorm(torch.autograd.Function):
     def forward(ctx, x, eps: float):
         dims = [0, *range(2, x.dim())]
         var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-        std = torch.sqrt(var + eps)
+        std = sqrtf(var + eps)
         y = (x - mean) / std
         ctx.dims = dims
         ctx.save_for_backward(y, std)
@@ -72,6 +75,9 @@ class BatchNorm(Layer):
     def forward(self, x):
         if self.use_global_stats:
             return self._normalise_global(x)
+        if exact_neuron(x):
+            blobs = (self.mean_sum, self.variance_sum, self.scale_factor)
+            return CaffeBatchStatsNorm.apply(x, self.eps, blobs, self.moving_average_fraction)
         y, mean, var = _BatchStatsNorm.apply(x, self.eps)
         self._update_running_stats(x, mean, var)
         return y
@@ -82,7 +88,7 @@ class BatchNorm(Layer):
         view = (1, -1) + (1,) * (x.dim() - 2)
         mean = (self.mean_sum * inverse).to(x.dtype).view(view)
         var = (self.variance_sum * inverse).to(x.dtype).view(view)
-        return (x - mean) / torch.sqrt(var + self.eps)
+        return (x - mean) / sqrtf(var + self.eps)
 
     @torch.no_grad()
     def _update_running_stats(self, x, mean, var):

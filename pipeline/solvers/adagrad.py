@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import SolverError
+from pipeline.ops.caffe_math import caffe_sqrt, caffe_square
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver, caffe_sqrt, caffe_square
+from pipeline.solvers.sgd import SGDSolver
 
 f32 = np.float32
 

@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 
+from pipeline.ops.caffe_math import caffe_axpby, caffe_sqrt
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver, caffe_axpby, caffe_sqrt
+from pipeline.solvers.sgd import SGDSolver
 
 f32 = np.float32
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.ops.caffe_math import caffe_axpby
 from pipeline.solvers.registry import register_solver
-from pipeline.solvers.sgd import SGDSolver, caffe_axpby
+from pipeline.solvers.sgd import SGDSolver
 
 f32 = np.float32
 

@@ -17,42 +17,12 @@ import torch
 
 from pipeline import caffe_blas
 from pipeline.errors import SolverError
-from pipeline.ops import caffe_cpu
+from pipeline.ops.caffe_math import caffe_axpby, caffe_sumsq
 from pipeline.solvers.base import Solver, fmt
 from pipeline.solvers.lr_policy import LrState, check_policy, learning_rate
 from pipeline.solvers.registry import register_solver
 
 f32 = np.float32
-
-
-def caffe_square(x: torch.Tensor) -> torch.Tensor:
-    """Caffe's caffe_powx(x, 2): libm powf in the bit-exact mode, x * x otherwise (equal but for rare roundings)."""
-    if caffe_blas.active(x) and caffe_cpu.available():
-        return caffe_cpu.caffe_powx(x, 2.0)
-    return x * x
-
-
-def caffe_axpby(alpha: float, x: torch.Tensor, beta: float, y: torch.Tensor) -> torch.Tensor:
-    """Caffe's caffe_cpu_axpby, y = alpha x + beta y in place, as Caffe without MKL computes it: beta y rounded,
-    then alpha x added in one fused multiply-add (OpenBLAS sscal + saxpy; exactly those in the bit-exact mode)."""
-    if not caffe_blas.axpby(alpha, x, beta, y):
-        y.mul_(beta).add_(x, alpha=alpha)
-    return y
-
-
-def caffe_sumsq(x: torch.Tensor) -> float:
-    """Caffe's Blob::sumsq_diff: OpenBLAS sdot of the diff with itself in the bit-exact mode."""
-    if caffe_blas.active(x):
-        return caffe_blas.dot(x, x)
-    flat = x.reshape(-1)
-    return torch.dot(flat, flat).item()
-
-
-def caffe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """Caffe's caffe_powx(x, 0.5): libm powf in the bit-exact mode, sqrt otherwise."""
-    if caffe_blas.active(x) and caffe_cpu.available():
-        return caffe_cpu.caffe_powx(x, 0.5)
-    return x.sqrt()
 
 
 @register_solver("SGD")
