@@ -55,20 +55,25 @@ def test_cifar10_quick_and_conv_variants_equal_caffes_bit_for_bit():
 #: Reference nets whose every blob and every diff (parameters and blobs, Split branches included) the mode
 #: reproduces: activations (libm float expressions, PReLU's sequential slope sum, sdot in EuclideanLoss),
 #: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias
-#: (diffs summed by sgemv/sdot as Caffe does), pooling,
-#: concat/slice/split, reshape/flatten/crop, InnerProduct variants, Im2col, Dropout in TEST, and LeNet.
+#: (diffs summed by sgemv/sdot as Caffe does), BatchNorm (batch and global statistics, running sums), pooling,
+#: concat/slice/split, reshape/flatten/crop, InnerProduct variants, Im2col, Dropout in TEST, LeNet, and the
+#: real ResNet-20 and MobileNet models (grouped convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss).
 EXACT_NETS = [
     "cov_activations",
     "cov_eltwise",
     "cov_lrn",
     "cov_pooling",
     "cov_scale_bias",
+    "cov_batchnorm_train",
+    "cov_batchnorm_test",
     "cov_concat_slice_split",
     "cov_reshape_flatten_crop",
     "cov_innerproduct",
     "cov_im2col",
     "cov_dropout_test",
     "lenet_ethereon_loss",
+    "resnet20_junyuseu",
+    "mobilenet_cifar_lijianfei",
 ]
 
 
@@ -86,8 +91,17 @@ def test_every_blob_and_diff_equals_caffes_bit_for_bit(case):
                 ours = net.blobs[key[5:]].diff.numpy()
             else:
                 layer, _, index = key.rpartition("/")
-                ours = net.params[layer][int(index)].grad.numpy()
+                grad = net.params[layer][int(index)].grad
+                # BatchNorm's statistics take no gradient: Caffe's diff stays zero.
+                ours = np.zeros(grads[key].shape, np.float32) if grad is None else grad.numpy()
             np.testing.assert_array_equal(ours.reshape(grads[key].shape), grads[key], err_msg=key)
+    stats = folder / "stats_after_forward.npz"
+    if stats.exists():  # BatchNorm's running sums after Caffe's forward
+        with np.load(stats) as after:
+            for key in after.files:
+                layer, _, index = key.rpartition("/")
+                ours = net.layer(layer).blobs[int(index)].detach().numpy()
+                np.testing.assert_array_equal(ours.reshape(after[key].shape), after[key], err_msg=key)
 
 
 TRAINING_CASES = [case for case in CASES if case != "lenet_resume"]
