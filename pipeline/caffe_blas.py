@@ -195,6 +195,11 @@ def axpby(alpha: float, x: torch.Tensor, beta: float, y: torch.Tensor) -> bool:
     return True
 
 
+def dot_at(n: int, x, incx: int, y, incy: int) -> float:
+    """sdot of n elements of raw buffers with strides: x, y are (tensor, element offset) pairs."""
+    return _library().cblas_sdot(n, _ptr(*x), incx, _ptr(*y), incy)
+
+
 def dot(x: torch.Tensor, y: torch.Tensor) -> float:
     """Caffe's caffe_cpu_dot<float>: OpenBLAS sdot over two contiguous float32 CPU tensors of equal size."""
     x, y = x.contiguous(), y.contiguous()

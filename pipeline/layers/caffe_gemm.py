@@ -8,12 +8,10 @@ Caffe's order), and the same accumulation order of gradients.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.caffe_blas import gemm, gemv
-from pipeline.ops.libm import float_libm
 
 
 def diff_buffer(param: torch.Tensor | None, needed: bool) -> torch.Tensor | None:
@@ -167,28 +165,3 @@ class ConvolutionGemm(torch.autograd.Function):
                     )  # fmt: skip
                 grad_x[i] = F.fold(col_diff[None], output_size=(height, width), **geometry)[0]
         return grad_x, store_diff(ctx.params[0], grad_w), store_diff(ctx.params[1], grad_b), None, None, None, None
-
-
-def caffe_softmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """SoftmaxLayer<float>::Forward_cpu on (rows, classes): subtract the row max, libm's expf element by element
-    (Caffe's caffe_exp), the row sum through OpenBLAS sgemv (its gemv with the sum multiplier), divide."""
-    rows, classes = x.shape
-    shifted = (x - x.amax(1, keepdim=True)).contiguous()
-    values = shifted.view(-1).tolist()
-    expf = float_libm().expf
-    exps = torch.tensor([expf(v) for v in values], dtype=torch.float32).view(rows, classes)
-    sums = x.new_empty(rows)
-    ones = x.new_ones(classes)
-    for r in range(rows):
-        gemv(True, classes, 1, 1.0, (exps, r * classes), (ones, 0), 0.0, (sums, r))
-    return exps / sums[:, None]
-
-
-def caffe_label_loss(picked: torch.Tensor, normalizer: float, floor: float) -> torch.Tensor:
-    """SoftmaxWithLossLayer<float>::Forward_cpu's sum: loss -= log(max(p[label], FLT_MIN)) row by row in float,
-    with libm's logf, then loss / normalizer."""
-    logf = float_libm().logf
-    loss = np.float32(0)
-    for p in picked.reshape(-1).tolist():
-        loss = np.float32(loss - np.float32(logf(max(p, floor))))
-    return torch.tensor(np.float32(loss / np.float32(normalizer)), dtype=picked.dtype)

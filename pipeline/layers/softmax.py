@@ -1,13 +1,18 @@
 """Softmax along `softmax_param.axis` (default 1, the channels).
 
 Caffe subtracts the per-position maximum, exponentiates and divides by the sum, as torch.softmax does; its
-backward, (dy - sum(dy * y)) * y, is the exact derivative, so autograd gives Caffe's gradient.
+backward, (dy - sum(dy * y)) * y, is the exact derivative, so autograd gives Caffe's gradient. The bit-exact mode
+runs Caffe's own arithmetic (pipeline/layers/caffe_softmax.py).
 """
+
+import math
 
 import torch
 
 from pipeline.layers.base import Layer, canonical_axis
+from pipeline.layers.caffe_softmax import CaffeSoftmax
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 
 
 @register("Softmax")
@@ -21,6 +26,9 @@ class Softmax(Layer):
         return [tuple(shape)]
 
     def forward(self, x):
+        if exact_neuron(x):
+            outer = math.prod(x.shape[: self.axis])
+            return CaffeSoftmax.apply(x.reshape(outer, x.shape[self.axis], -1)).view(x.shape)
         return torch.softmax(x, self.axis)
 
     def extra_repr(self):

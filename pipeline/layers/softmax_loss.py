@@ -13,7 +13,7 @@ import torch
 
 from pipeline import caffe_blas
 from pipeline.layers.base import Layer, canonical_axis, eager_cpu
-from pipeline.layers.caffe_gemm import caffe_label_loss, caffe_softmax_rows
+from pipeline.layers.caffe_softmax import CaffeSoftmaxLoss, caffe_label_loss, caffe_softmax
 from pipeline.layers.loss_common import (
     FLT_MIN,
     check_label_count,
@@ -64,7 +64,7 @@ class SoftmaxLabelLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, labels, norm: float, caffe_exact: bool = False):
         # caffe_exact: Caffe's own softmax and loss arithmetic (the bit-exact BLAS mode, pipeline/caffe_blas.py).
-        prob = caffe_softmax_rows(scores) if caffe_exact else torch.softmax(scores, 1)
+        prob = caffe_softmax(scores[:, :, None]).squeeze(2) if caffe_exact else torch.softmax(scores, 1)
         index = labels.unsqueeze(1)
         picked = prob.gather(1, index)
         if caffe_exact:
@@ -128,6 +128,9 @@ class SoftmaxWithLoss(Layer):
             return SoftmaxLabelLoss.apply(x, checked_class_labels(self, labels, num_classes), norm)
         lab, valid = class_labels(self, labels, num_classes, self.ignore_label)
         x = scores.reshape(outer, num_classes, inner)
+        if caffe_blas.active(x) and fused_loss_available():
+            loss, prob = CaffeSoftmaxLoss.apply(x, lab.view(outer, inner), valid.view(outer, inner), self.normalization)
+            return loss if len(self.top_names) == 1 else (loss, prob.reshape(scores.shape))
         onehot = torch.zeros_like(x).scatter_(1, lab.view(outer, 1, inner), valid.view(outer, 1, inner).to(x.dtype))
         return softmax_target_tops(self, scores, x, onehot, valid, outer, inner, FLT_MIN)
 
