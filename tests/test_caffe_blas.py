@@ -37,9 +37,10 @@ def exact_forward(case: str, backward: bool):
 #: reproduces: activations (libm float expressions, PReLU's sequential slope sum, sdot in EuclideanLoss),
 #: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias
 #: (diffs summed by sgemv/sdot as Caffe does), BatchNorm (batch and global statistics, running sums), pooling,
-#: concat/slice/split, reshape/flatten/crop, InnerProduct and Convolution variants (groups, dilation, 1x1),
-#: Im2col, Dropout in TEST, Softmax, and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet
-#: models (grouped convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss); forward-only cases have no diffs.
+#: concat/slice/split, reshape/flatten/crop, InnerProduct, Convolution and Deconvolution variants (groups,
+#: dilation, strides, 1x1), Im2col, Dropout in TEST, Softmax, and the real LeNet, CIFAR10 quick and full (LRN),
+#: ResNet-20 and MobileNet models (grouped convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss);
+#: forward-only cases have no diffs.
 EXACT_NETS = [
     "cov_activations",
     "cov_eltwise",
@@ -52,6 +53,7 @@ EXACT_NETS = [
     "cov_reshape_flatten_crop",
     "cov_innerproduct",
     "cov_conv_variants",
+    "cov_deconvolution",
     "cov_im2col",
     "cov_dropout_test",
     "lenet_ethereon_loss",

@@ -165,3 +165,86 @@ class ConvolutionGemm(torch.autograd.Function):
                     )  # fmt: skip
                 grad_x[i] = F.fold(col_diff[None], output_size=(height, width), **geometry)[0]
         return grad_x, store_diff(ctx.params[0], grad_w), store_diff(ctx.params[1], grad_b), None, None, None, None
+
+
+class DeconvolutionGemm(torch.autograd.Function):
+    """DeconvolutionLayer<float> for 2-D (N, C, H, W): the convolution's data gradient as its forward. In Caffe's
+    reversed terms the convolution maps the top (its "input", im2col'ed) to the bottom (its "output"); the weight
+    (bottom channels, num_output / group, kh, kw) is that convolution's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, pad, dilation, group: int, out_hw):
+        ctx.params = (weight, bias)
+        x, weight = x.contiguous(), weight.contiguous()
+        num, channels, height, width = x.shape
+        _, out_per_group, kh, kw = weight.shape
+        num_output = out_per_group * group
+        geometry = dict(kernel_size=(kh, kw), dilation=dilation, padding=pad, stride=stride)
+        spatial = height * width  # conv_out_spatial_dim_: the bottom's
+        top_spatial = out_hw[0] * out_hw[1]
+        kernel_dim = out_per_group * kh * kw
+        m = channels // group  # conv_out_channels_ / group
+        top = x.new_empty(num, num_output, *out_hw)
+        col = x.new_empty(num_output * kh * kw, spatial)
+        ones = x.new_ones(top_spatial)
+        for i in range(num):  # backward_cpu_gemm, then forward_cpu_bias
+            for g in range(group):
+                gemm(
+                    True, False, kernel_dim, spatial, m, 1.0, (weight, g * m * kernel_dim),
+                    (x, i * channels * spatial + g * m * spatial), 0.0, (col, g * kernel_dim * spatial),
+                )  # fmt: skip
+            top[i] = F.fold(col[None], output_size=out_hw, **geometry)[0]
+            if bias is not None:
+                gemm(
+                    False, False, num_output, top_spatial, 1, 1.0, (bias.contiguous(), 0), (ones, 0), 1.0,
+                    (top, i * num_output * top_spatial),
+                )  # fmt: skip
+        ctx.save_for_backward(x, weight)
+        ctx.geometry, ctx.group = geometry, group
+        return top
+
+    @staticmethod
+    def backward(ctx, top_diff):
+        x, weight = ctx.saved_tensors
+        top_diff = top_diff.contiguous()
+        geometry, group = ctx.geometry, ctx.group
+        num, channels, height, width = x.shape
+        spatial = height * width
+        _, out_per_group, kh, kw = weight.shape
+        num_output = out_per_group * group
+        top_spatial = top_diff.shape[2] * top_diff.shape[3]
+        kernel_dim = out_per_group * kh * kw
+        m = channels // group
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = diff_buffer(ctx.params[0], ctx.needs_input_grad[1])
+        grad_b = diff_buffer(ctx.params[1], ctx.needs_input_grad[2])
+        if grad_b is not None:
+            ones = x.new_ones(top_spatial)
+            for i in range(num):  # backward_cpu_bias
+                gemv(False, num_output, top_spatial, 1.0, (top_diff, i * num_output * top_spatial), (ones, 0), 1.0,
+                     (grad_b, 0))  # fmt: skip
+        for i in range(num):
+            if grad_w is None and grad_x is None:
+                break
+            col = F.unfold(top_diff[i : i + 1], **geometry)[0].contiguous()
+            for g in range(group):
+                if grad_w is not None:  # weight_cpu_gemm(top diff as input, bottom as output)
+                    gemm(
+                        False, True, m, kernel_dim, spatial, 1.0, (x, i * channels * spatial + g * m * spatial),
+                        (col, g * kernel_dim * spatial), 1.0, (grad_w, g * m * kernel_dim),
+                    )  # fmt: skip
+                if grad_x is not None:  # forward_cpu_gemm(top diff, weight) -> bottom diff
+                    gemm(
+                        False, False, m, spatial, kernel_dim, 1.0, (weight, g * m * kernel_dim),
+                        (col, g * kernel_dim * spatial), 0.0, (grad_x, i * channels * spatial + g * m * spatial),
+                    )  # fmt: skip
+        return (
+            grad_x,
+            store_diff(ctx.params[0], grad_w),
+            store_diff(ctx.params[1], grad_b),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from pipeline import caffe_blas
 from pipeline.layers.base import Layer, canonical_axis, eager_cpu
-from pipeline.layers.caffe_gemm import ConvolutionGemm
+from pipeline.layers.caffe_gemm import ConvolutionGemm, DeconvolutionGemm
 from pipeline.layers.registry import register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -129,5 +129,10 @@ class Deconvolution(_ConvBase):
         return self.stride[axis] * (size - 1) + extent - 2 * self.pad[axis]
 
     def compute(self, x):
+        if caffe_blas.active(x) and len(self.kernel) == 2:
+            out_hw = tuple(self.output_size(i, x.shape[2 + i], i) for i in range(2))
+            return DeconvolutionGemm.apply(
+                x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group, out_hw
+            )
         deconv = _DECONV[len(self.kernel)]
         return deconv(x, self.weight, self.bias, self.stride, self.pad, 0, self.group, self.dilation)
