@@ -248,3 +248,24 @@ class DeconvolutionGemm(torch.autograd.Function):
             None,
             None,
         )
+
+
+class RowBias(torch.autograd.Function):
+    """top (M, N) + bias (N) with the bias diff as EmbedLayer<float>::Backward_cpu sums it: one sgemv over the
+    M rows, added to the diff already there."""
+
+    @staticmethod
+    def forward(ctx, top, bias):
+        ctx.params = (bias,)
+        return top + bias
+
+    @staticmethod
+    def backward(ctx, top_diff):
+        (bias,) = ctx.params
+        grad_b = diff_buffer(bias, ctx.needs_input_grad[1])
+        if grad_b is not None:
+            rows = top_diff.contiguous().view(-1, bias.numel())
+            gemv(
+                True, rows.shape[0], rows.shape[1], 1.0, (rows, 0), (rows.new_ones(rows.shape[0]), 0), 1.0, (grad_b, 0)
+            )
+        return top_diff, store_diff(bias, grad_b)

@@ -8,7 +8,9 @@ to back-propagate to it); the weight gradient accumulates over repeated indices.
 import torch
 import torch.nn.functional as F
 
+from pipeline import caffe_blas
 from pipeline.layers.base import Layer
+from pipeline.layers.caffe_gemm import RowBias
 from pipeline.layers.registry import register
 
 
@@ -40,4 +42,6 @@ class Embed(Layer):
 
     def forward(self, x):
         top = F.embedding(as_indices(self, x, self.input_dim, 0), self.weight)
-        return top + self.bias if self.bias is not None else top
+        if self.bias is None:
+            return top
+        return RowBias.apply(top, self.bias) if caffe_blas.active(top) else top + self.bias

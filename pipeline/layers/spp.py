@@ -11,9 +11,11 @@ import math
 
 import torch
 
+from pipeline import caffe_blas
 from pipeline.layers.base import Layer
 from pipeline.layers.pooling import Pooling
 from pipeline.layers.registry import register
+from pipeline.layers.split import CaffeOrderSplit
 from pipeline.proto import caffe_pb2
 
 _METHODS = {
@@ -82,4 +84,6 @@ class SPP(Layer):
         pools = self.levels(x.shape[2], x.shape[3])
         if self.height == 1:
             return pools[0](x)
-        return torch.cat([pool(x).flatten(1) for pool in pools], dim=1)
+        # Caffe's internal Split feeds the levels: in the bit-exact mode their gradients add in its order.
+        inputs = CaffeOrderSplit.apply(x, len(pools)) if caffe_blas.active(x) and x.requires_grad else [x] * len(pools)
+        return torch.cat([pool(level).flatten(1) for pool, level in zip(pools, inputs)], dim=1)
