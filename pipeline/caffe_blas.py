@@ -70,6 +70,8 @@ def _library() -> ctypes.CDLL:
         lib.cblas_sscal.restype = None
         lib.cblas_sdot.argtypes = [i, p, i, p, i]
         lib.cblas_sdot.restype = f
+        lib.cblas_sasum.argtypes = [i, p, i]
+        lib.cblas_sasum.restype = f
         # Caffe's reference runs used OPENBLAS_NUM_THREADS=2, and OpenBLAS's threaded kernels round differently
         # from its single-threaded ones: pin the count so results do not depend on the machine's cores.
         lib.openblas_set_num_threads(int(os.environ.get("CAFFE_OPENBLAS_THREADS", "2")))
@@ -198,6 +200,11 @@ def axpby(alpha: float, x: torch.Tensor, beta: float, y: torch.Tensor) -> bool:
 def dot_at(n: int, x, incx: int, y, incy: int) -> float:
     """sdot of n elements of raw buffers with strides: x, y are (tensor, element offset) pairs."""
     return _library().cblas_sdot(n, _ptr(*x), incx, _ptr(*y), incy)
+
+
+def asum_at(n: int, x) -> float:
+    """sasum (sum of absolute values) of n elements of a raw buffer: x is a (tensor, element offset) pair."""
+    return _library().cblas_sasum(n, _ptr(*x), 1)
 
 
 def dot(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -38,9 +38,9 @@ def exact_forward(case: str, backward: bool):
 #: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias
 #: (diffs summed by sgemv/sdot as Caffe does), BatchNorm (batch and global statistics, running sums), pooling,
 #: concat/slice/split, reshape/flatten/crop, InnerProduct, Convolution and Deconvolution variants (groups,
-#: dilation, strides, 1x1), Im2col, SPP, Embed/BatchReindex/Filter, Dropout in TEST, Softmax, and the real
-#: LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped convolutions, BatchNorm +
-#: Scale, Eltwise, SoftmaxWithLoss); forward-only cases have no diffs.
+#: dilation, strides, 1x1), Im2col, SPP, Embed/BatchReindex/Filter, Reduction, MVN, Tile, Dropout in TEST,
+#: Softmax, and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped
+#: convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss); forward-only cases have no diffs.
 EXACT_NETS = [
     "cov_activations",
     "cov_eltwise",
@@ -55,6 +55,7 @@ EXACT_NETS = [
     "cov_conv_variants",
     "cov_deconvolution",
     "cov_spp",
+    "cov_misc",
     "cov_index_layers",
     "cov_im2col",
     "cov_dropout_test",

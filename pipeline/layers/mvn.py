@@ -12,7 +12,9 @@ autograd Function. The mean-only backward, dy - mean(dy), is the derivative and 
 import torch
 
 from pipeline.layers.base import Layer, count
+from pipeline.layers.caffe_reduction_mvn import CaffeMVN
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 
 
 class _NormalizeVariance(torch.autograd.Function):
@@ -50,6 +52,8 @@ class MVN(Layer):
     def forward(self, x):
         split = 1 if self.across_channels or x.dim() == 1 else 2
         rows = x.reshape(count(x.shape, 0, split), count(x.shape, split))
+        if exact_neuron(x):
+            return CaffeMVN.apply(rows, self.normalize_variance, self.eps).reshape(x.shape)
         if self.normalize_variance:
             y = _NormalizeVariance.apply(rows, self.eps)
         else:

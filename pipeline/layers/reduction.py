@@ -7,7 +7,9 @@ as Caffe's sign(0).
 import torch
 
 from pipeline.layers.base import Layer, canonical_axis, count
+from pipeline.layers.caffe_reduction_mvn import CaffeReduction
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 from pipeline.proto import caffe_pb2
 
 R = caffe_pb2.ReductionParameter
@@ -32,6 +34,9 @@ class Reduction(Layer):
 
     def forward(self, x):
         dims = tuple(range(self.axis, x.dim()))
+        if exact_neuron(x):
+            rows = x.reshape(count(x.shape, 0, self.axis), count(x.shape, self.axis))
+            return CaffeReduction.apply(rows, self.operation, self.coeff).reshape(x.shape[: self.axis])
         if self.operation == R.ASUM:
             x = x.abs()
         elif self.operation == R.SUMSQ:
