@@ -39,7 +39,8 @@ def exact_forward(case: str, backward: bool):
 #: (diffs summed by sgemv/sdot as Caffe does), BatchNorm (batch and global statistics, running sums), pooling,
 #: concat/slice/split, reshape/flatten/crop, InnerProduct, Convolution and Deconvolution variants (groups,
 #: dilation, strides, 1x1), Im2col, SPP, Embed/BatchReindex/Filter, Reduction, MVN, Tile, Dropout in TEST,
-#: Softmax, and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped
+#: Softmax and the losses (SoftmaxWithLoss in every normalization, SigmoidCrossEntropy, Hinge, Contrastive,
+#: Euclidean), and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped
 #: convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss); forward-only cases have no diffs.
 EXACT_NETS = [
     "cov_activations",
@@ -56,6 +57,7 @@ EXACT_NETS = [
     "cov_deconvolution",
     "cov_spp",
     "cov_misc",
+    "cov_softmax_losses",
     "cov_index_layers",
     "cov_im2col",
     "cov_dropout_test",

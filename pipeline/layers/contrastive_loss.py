@@ -11,20 +11,25 @@ not quite the derivative of its forward: a custom backward reproduces it.
 import torch
 
 from pipeline.layers.base import Layer, count
+from pipeline.layers.caffe_losses import contrastive_forward
 from pipeline.layers.loss_common import check_same_first_dim
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 
 
 class _Contrastive(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, similar, margin, legacy):
         diff = a - b
-        dist_sq = (diff * diff).sum(1)
-        if legacy:
-            dissimilar = (margin - dist_sq).clamp_min(0)
+        if exact_neuron(diff):
+            loss, dist_sq = contrastive_forward(diff, similar, margin, legacy)
         else:
-            dissimilar = (margin - dist_sq.sqrt()).clamp_min(0) ** 2
-        loss = torch.where(similar, dist_sq, dissimilar).sum() / a.shape[0] / 2
+            dist_sq = (diff * diff).sum(1)
+            if legacy:
+                dissimilar = (margin - dist_sq).clamp_min(0)
+            else:
+                dissimilar = (margin - dist_sq.sqrt()).clamp_min(0) ** 2
+            loss = torch.where(similar, dist_sq, dissimilar).sum() / a.shape[0] / 2
         ctx.save_for_backward(diff, dist_sq, similar)
         ctx.margin, ctx.legacy = margin, legacy
         return loss

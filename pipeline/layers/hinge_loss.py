@@ -8,8 +8,10 @@ derivative autograd takes, including 0 where the margin is exactly 0.
 import torch
 
 from pipeline.layers.base import Layer, count
+from pipeline.layers.caffe_losses import CaffeHinge
 from pipeline.layers.loss_common import check_same_first_dim, class_labels
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 from pipeline.proto import caffe_pb2
 
 L2 = caffe_pb2.HingeLossParameter.L2
@@ -35,6 +37,8 @@ class HingeLoss(Layer):
         n = x.shape[0]
         scores = x.reshape(n, -1)
         lab, _ = class_labels(self, labels, scores.shape[1], None)
+        if exact_neuron(scores):
+            return CaffeHinge.apply(scores, lab, self.norm == L2)
         sign = torch.ones_like(scores).scatter_(1, lab.view(n, 1), -1.0)
         margin = torch.relu(1 + sign * scores)
         total = (margin * margin).sum() if self.norm == L2 else margin.sum()

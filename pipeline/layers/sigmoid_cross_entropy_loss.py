@@ -9,8 +9,10 @@ loss_param.ignore_label count neither in the loss nor in the gradient. Normalisa
 import torch
 
 from pipeline.layers.base import Layer, count
+from pipeline.layers.caffe_losses import CaffeSigmoidCrossEntropy
 from pipeline.layers.loss_common import BATCH_SIZE, check_same_first_dim, ignore_label, normalization_mode, normalizer
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import exact_neuron
 
 
 @register("SigmoidCrossEntropyLoss")
@@ -42,4 +44,7 @@ class SigmoidCrossEntropyLoss(Layer):
             valid_count = torch.tensor(x.numel(), device=x.device)
         outer = x.shape[0]
         norm = normalizer(self.normalization, outer, x.numel() // max(outer, 1), valid_count, x)
+        if exact_neuron(x):
+            valid = valid if self.ignore_label is not None else torch.ones_like(t, dtype=torch.bool)
+            return CaffeSigmoidCrossEntropy.apply(x, t, valid, float(norm))
         return -log_likelihood.sum() / norm
