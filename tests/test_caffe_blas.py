@@ -34,13 +34,13 @@ def exact_forward(case: str, backward: bool):
 
 
 #: Reference nets whose every blob and every diff (parameters and blobs, Split branches included) the mode
-#: reproduces: activations (libm float expressions, PReLU's sequential slope sum, sdot in EuclideanLoss),
+#: reproduces: activations and Swish (libm float expressions, PReLU's sequential slope sum, sdot in Euclidean),
 #: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias
 #: (diffs summed by sgemv/sdot as Caffe does), BatchNorm (batch and global statistics, running sums), pooling,
 #: concat/slice/split, reshape/flatten/crop, InnerProduct, Convolution and Deconvolution variants (groups,
 #: dilation, strides, 1x1), Im2col, SPP, Embed/BatchReindex/Filter, Reduction, MVN, Tile, Dropout in TEST,
 #: Softmax and the losses (SoftmaxWithLoss in every normalization, SigmoidCrossEntropy, Hinge, Contrastive,
-#: Euclidean), and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped
+#: Infogain, Euclidean), and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped
 #: convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss); forward-only cases have no diffs.
 EXACT_NETS = [
     "cov_activations",
@@ -58,6 +58,8 @@ EXACT_NETS = [
     "cov_spp",
     "cov_misc",
     "cov_softmax_losses",
+    "cov_infogain_loss",
+    "cov_activations_extra",
     "cov_index_layers",
     "cov_im2col",
     "cov_dropout_test",

@@ -176,13 +176,17 @@ at::Tensor caffe_powx_cpu(const at::Tensor& x, double power) {
 // functions for float arguments, and where a double literal (0.5, 1.) enters float arithmetic the rest is
 // computed in double and rounded once, as the compiled code does. Compiled without FMA contraction (plain
 // x86-64), like Caffe's own build. Parameters: ELU [alpha]; Exp [inner_scale, outer_scale]; Log [scale, shift,
-// base_scale, backward_num_scale] (the layers' float members); the others none.
-enum class Neuron { kSigmoid, kTanH, kBNLL, kELU, kExp, kLog };
+// base_scale, backward_num_scale] (the layers' float members); Swish [beta] (swish_layer.cpp: x times the
+// sigmoid of beta x); the others none.
+enum class Neuron { kSigmoid, kTanH, kBNLL, kELU, kExp, kLog, kSwish };
+
+float caffe_sigmoid(float x) { return static_cast<float>(0.5 * std::tanh(0.5 * x) + 0.5); }
 
 Neuron parse_neuron(c10::string_view kind, size_t n_params) {
   static const std::vector<std::tuple<std::string, Neuron, size_t>> kinds = {
       {"Sigmoid", Neuron::kSigmoid, 0}, {"TanH", Neuron::kTanH, 0}, {"BNLL", Neuron::kBNLL, 0},
-      {"ELU", Neuron::kELU, 1},         {"Exp", Neuron::kExp, 2},   {"Log", Neuron::kLog, 4}};
+      {"ELU", Neuron::kELU, 1},         {"Exp", Neuron::kExp, 2},   {"Log", Neuron::kLog, 4},
+      {"Swish", Neuron::kSwish, 1}};
   for (const auto& [name, neuron, count] : kinds) {
     if (kind == name) {
       TORCH_CHECK(n_params == count, "caffe_neuron ", name, " takes ", count, " parameters, got ", n_params);
@@ -195,7 +199,7 @@ Neuron parse_neuron(c10::string_view kind, size_t n_params) {
 float neuron_forward(Neuron kind, float x, const float* p) {
   switch (kind) {
     case Neuron::kSigmoid:
-      return static_cast<float>(0.5 * std::tanh(0.5 * x) + 0.5);
+      return caffe_sigmoid(x);
     case Neuron::kTanH:
       return std::tanh(x);
     case Neuron::kBNLL:
@@ -212,6 +216,8 @@ float neuron_forward(Neuron kind, float x, const float* p) {
       float y = std::log(u);
       return p[2] == 1.f ? y : y * p[2];
     }
+    case Neuron::kSwish:
+      return x * caffe_sigmoid(x * p[0]);
   }
   return 0.f;
 }
@@ -238,6 +244,10 @@ float neuron_backward(Neuron kind, float top_diff, float x, float y, const float
       u = std::pow(u, -1.f);  // caffe_powx(..., Dtype(-1))
       if (p[3] != 1.f) u *= p[3];
       return top_diff * u;
+    }
+    case Neuron::kSwish: {
+      const float beta_swish = p[0] * y;  // beta * swish_x, float; the rest in double (the literal 1.)
+      return static_cast<float>(top_diff * (beta_swish + caffe_sigmoid(x * p[0]) * (1. - beta_swish)));
     }
   }
   return 0.f;

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.caffe_blas import dot_at, gemv
+from pipeline.layers.caffe_losses import sequential_sum
 from pipeline.layers.loss_common import BATCH_SIZE, FLT_MIN, FULL, VALID
 from pipeline.ops.libm import float_libm
 
@@ -100,3 +101,30 @@ def caffe_label_loss(picked: torch.Tensor, normalizer: float, floor: float) -> t
     for p in picked.reshape(-1).tolist():
         loss = f32(loss - f32(logf(max(p, floor))))
     return torch.tensor(f32(loss / f32(normalizer)), dtype=picked.dtype)
+
+
+class CaffeSoftmaxTargetLoss(torch.autograd.Function):
+    """InfogainLoss (softmax inside, as this Caffe's): loss -= H[label, l] * logf(max(p_l, threshold)) for every
+    counted position and class in order, over the normalizer; backward (p * rowsum(H[label]) - H[label]) times
+    top_diff / normalizer. `weights` holds H[label] laid out like the scores, zero where ignored."""
+
+    @staticmethod
+    def forward(ctx, x, weights, norm: float, threshold: float):
+        prob = caffe_softmax(x.contiguous())
+        logs = torch.ops.caffe_pipeline.caffe_neuron(prob.clamp_min(threshold), "Log", [1.0, 0.0, 1.0, 1.0])
+        terms = (weights * logs).transpose(1, 2).contiguous()  # position by position, classes innermost
+        loss = -sequential_sum(terms)
+        ctx.save_for_backward(prob, weights)
+        ctx.norm = f32(norm)
+        ctx.mark_non_differentiable(prob)
+        return x.new_tensor(f32(loss / ctx.norm)), prob
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_prob):
+        prob, weights = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        # sum_rows_H: each row of H summed left to right in float
+        row_sums = np.add.accumulate(weights.transpose(1, 2).numpy(), axis=2, dtype=np.float32)[..., -1]
+        diff = prob * torch.from_numpy(np.ascontiguousarray(row_sums))[:, None, :] - weights
+        return diff * float(f32(f32(grad_loss.item()) / ctx.norm)), None, None, None

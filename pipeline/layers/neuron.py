@@ -7,6 +7,7 @@ min <= x <= max (both ends included), BNLL's is exp(x) / (1 + exp(x)). Threshold
 (NOT_IMPLEMENTED).
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -77,6 +78,8 @@ class Swish(_Neuron):
         self.beta = float(self.param.swish_param.beta)
 
     def forward(self, x):
+        if exact_neuron(x):
+            return caffe_neuron(x, "Swish", [float(np.float32(self.beta))])
         return x * torch.sigmoid(self.beta * x)
 
     def extra_repr(self):

@@ -13,7 +13,7 @@ import torch
 
 from pipeline import caffe_blas
 from pipeline.layers.base import Layer, canonical_axis, eager_cpu
-from pipeline.layers.caffe_softmax import CaffeSoftmaxLoss, caffe_label_loss, caffe_softmax
+from pipeline.layers.caffe_softmax import CaffeSoftmaxLoss, CaffeSoftmaxTargetLoss, caffe_label_loss, caffe_softmax
 from pipeline.layers.loss_common import (
     FLT_MIN,
     check_label_count,
@@ -91,7 +91,10 @@ def _runs_fused(x: torch.Tensor) -> bool:
 def softmax_target_tops(layer, scores, x, targets, valid, outer, inner, threshold):
     """The loss (and, with a second top, the probabilities shaped like `scores`) of a softmax-target layer."""
     norm = normalizer(layer.normalization, outer, inner, valid.sum(), x)
-    loss, prob = SoftmaxTargetLoss.apply(x, targets, norm, threshold)
+    if caffe_blas.active(x) and fused_loss_available():
+        loss, prob = CaffeSoftmaxTargetLoss.apply(x, targets, float(norm), threshold)
+    else:
+        loss, prob = SoftmaxTargetLoss.apply(x, targets, norm, threshold)
     return loss if len(layer.top_names) == 1 else (loss, prob.reshape(scores.shape))
 
 

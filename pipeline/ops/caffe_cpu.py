@@ -6,7 +6,7 @@
 - `torch.ops.caffe_pipeline.caffe_powx`: Caffe's caffe_powx, std::pow (libm powf) per element, which the
   adaptive solvers use for squares and square roots (powf(x, 0.5) is not always sqrtf(x)); for the bit-exact
   mode (pipeline/caffe_blas.py).
-- `torch.ops.caffe_pipeline.caffe_neuron` / `caffe_neuron_backward`: Sigmoid, TanH, BNLL, ELU, Exp and Log as
+- `torch.ops.caffe_pipeline.caffe_neuron` / `caffe_neuron_backward`: Sigmoid, TanH, BNLL, ELU, Exp, Log and Swish as
   Caffe's CPU code computes them (libm's float functions, its mix of float and double), for the bit-exact mode.
 """
 
@@ -92,7 +92,7 @@ class _CaffeNeuron(torch.autograd.Function):
 
 
 def caffe_neuron(x: torch.Tensor, kind: str, params=()) -> torch.Tensor:
-    """The neuron layer `kind` (Sigmoid, TanH, BNLL, ELU, Exp, Log) forward and backward in Caffe's float
+    """The neuron layer `kind` (Sigmoid, TanH, BNLL, ELU, Exp, Log, Swish) forward and backward in Caffe's float
     arithmetic; `params` are the layer's float members (see pipeline/csrc/caffe_cpu.cpp)."""
     return _CaffeNeuron.apply(x, kind, [float(p) for p in params])
 
