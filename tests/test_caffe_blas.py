@@ -38,7 +38,7 @@ def exact_forward(case: str, backward: bool):
 #: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias
 #: (diffs summed by sgemv/sdot as Caffe does), BatchNorm (batch and global statistics, running sums), pooling,
 #: concat/slice/split, reshape/flatten/crop, InnerProduct, Convolution and Deconvolution variants (groups,
-#: dilation, strides, 1x1), Im2col, SPP, Embed/BatchReindex/Filter, Reduction, MVN, Tile, Dropout in TEST,
+#: dilation, strides, 1x1, 3-D), Im2col, SPP, Embed/BatchReindex/Filter, Reduction, MVN, Tile, Dropout in TEST,
 #: Softmax and the losses (SoftmaxWithLoss in every normalization, SigmoidCrossEntropy, Hinge, Contrastive,
 #: Infogain, Euclidean), and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped
 #: convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss); forward-only cases have no diffs.
@@ -54,6 +54,7 @@ EXACT_NETS = [
     "cov_reshape_flatten_crop",
     "cov_innerproduct",
     "cov_conv_variants",
+    "cov_conv_nd",
     "cov_deconvolution",
     "cov_spp",
     "cov_misc",

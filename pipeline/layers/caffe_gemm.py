@@ -8,10 +8,13 @@ Caffe's order), and the same accumulation order of gradients.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from pipeline.caffe_blas import gemm, gemv
+from pipeline.layers.caffe_im2col import col2im, im2col, output_shape
 
 
 def diff_buffer(param: torch.Tensor | None, needed: bool) -> torch.Tensor | None:
@@ -79,79 +82,60 @@ class InnerProductGemm(torch.autograd.Function):
 
 class ConvolutionGemm(torch.autograd.Function):
     """ConvolutionLayer<float> (BaseConvolutionLayer's forward_cpu_gemm, forward_cpu_bias, backward_cpu_bias,
-    weight_cpu_gemm, backward_cpu_gemm) for 2-D convolution of (N, C, H, W)."""
+    weight_cpu_gemm, backward_cpu_gemm) for (N, C, *spatial), any number of spatial axes."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, pad, dilation, group: int):
         ctx.params = (weight, bias)
         x, weight = x.contiguous(), weight.contiguous()
-        num, _, height, width = x.shape
-        out_channels, _, kh, kw = weight.shape
-        geometry = dict(kernel_size=(kh, kw), dilation=dilation, padding=pad, stride=stride)
-        out_h = (height + 2 * pad[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
-        out_w = (width + 2 * pad[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
-        spatial = out_h * out_w
+        num = x.shape[0]
+        out_channels, kernel = weight.shape[0], tuple(weight.shape[2:])
+        geometry = (kernel, tuple(stride), tuple(pad), tuple(dilation))
+        out = output_shape(x.shape[2:], *geometry)
+        spatial = math.prod(out)
         kernel_dim = weight[0].numel()
-        top = x.new_empty(num, out_channels, out_h, out_w)
+        top = x.new_empty(num, out_channels, *out)
         ones = x.new_ones(spatial)
         bias = bias.contiguous() if bias is not None else None
         m = out_channels // group
         for i in range(num):
-            col = F.unfold(x[i : i + 1], **geometry)[0].contiguous()
+            col = im2col(x[i], *geometry)
             for g in range(group):
                 gemm(
-                    False,
-                    False,
-                    m,
-                    spatial,
-                    kernel_dim,
-                    1.0,
-                    (weight, g * m * kernel_dim),
-                    (col, g * kernel_dim * spatial),
-                    0.0,
-                    (top, i * out_channels * spatial + g * m * spatial),
-                )
+                    False, False, m, spatial, kernel_dim, 1.0, (weight, g * m * kernel_dim),
+                    (col, g * kernel_dim * spatial), 0.0, (top, i * out_channels * spatial + g * m * spatial),
+                )  # fmt: skip
             if bias is not None:
                 gemm(
                     False, False, out_channels, spatial, 1, 1.0, (bias, 0), (ones, 0), 1.0,
                     (top, i * out_channels * spatial),
                 )  # fmt: skip
-        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_backward(x, weight)
         ctx.geometry, ctx.group, ctx.spatial = geometry, group, spatial
         return top
 
     @staticmethod
     def backward(ctx, top_diff):
-        x, weight, bias = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         top_diff = top_diff.contiguous()
         geometry, group, spatial = ctx.geometry, ctx.group, ctx.spatial
-        num, channels, height, width = x.shape
+        num = x.shape[0]
         out_channels = weight.shape[0]
         kernel_dim = weight[0].numel()
         m = out_channels // group
-        grad_x = None
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_w = diff_buffer(ctx.params[0], ctx.needs_input_grad[1])
         grad_b = diff_buffer(ctx.params[1], ctx.needs_input_grad[2])
         if grad_b is not None:
             ones = x.new_ones(spatial)
             for i in range(num):
-                gemv(
-                    False,
-                    out_channels,
-                    spatial,
-                    1.0,
-                    (top_diff, i * out_channels * spatial),
-                    (ones, 0),
-                    1.0,
-                    (grad_b, 0),
-                )
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
-        col_diff = x.new_empty(channels * weight.shape[2] * weight.shape[3], spatial)
+                gemv(False, out_channels, spatial, 1.0, (top_diff, i * out_channels * spatial), (ones, 0), 1.0,
+                     (grad_b, 0))  # fmt: skip
+        col_diff = x.new_empty(x.shape[1] * math.prod(geometry[0]), spatial)
         for i in range(num):
             top_offset = i * out_channels * spatial
             if grad_w is not None:
-                col = F.unfold(x[i : i + 1], **geometry)[0].contiguous()
+                col = im2col(x[i], *geometry)
                 for g in range(group):
                     gemm(
                         False, True, m, kernel_dim, spatial, 1.0, (top_diff, top_offset + g * m * spatial),
@@ -163,7 +147,7 @@ class ConvolutionGemm(torch.autograd.Function):
                         True, False, kernel_dim, spatial, m, 1.0, (weight, g * m * kernel_dim),
                         (top_diff, top_offset + g * m * spatial), 0.0, (col_diff, g * kernel_dim * spatial),
                     )  # fmt: skip
-                grad_x[i] = F.fold(col_diff[None], output_size=(height, width), **geometry)[0]
+                grad_x[i] = col2im(col_diff, x.shape[1:], *geometry)
         return grad_x, store_diff(ctx.params[0], grad_w), store_diff(ctx.params[1], grad_b), None, None, None, None
 
 

@@ -108,7 +108,7 @@ class Convolution(_ConvBase):
         return (size + 2 * self.pad[axis] - extent) // self.stride[axis] + 1
 
     def compute(self, x):
-        if caffe_blas.active(x) and len(self.kernel) == 2:
+        if caffe_blas.active(x):
             return ConvolutionGemm.apply(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
         conv = _CONV[len(self.kernel)]
         weight = self.weight
