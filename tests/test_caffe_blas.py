@@ -33,15 +33,15 @@ def exact_forward(case: str, backward: bool):
     return folder, meta, net
 
 
-#: Reference nets whose every blob and every diff (parameters and blobs, Split branches included) the mode
-#: reproduces: activations and Swish (libm float expressions, PReLU's sequential slope sum, sdot in Euclidean),
-#: Eltwise (saxpy sums, PROD's gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias
-#: (diffs summed by sgemv/sdot as Caffe does), BatchNorm (batch and global statistics, running sums), pooling,
-#: concat/slice/split, reshape/flatten/crop, InnerProduct, Convolution and Deconvolution variants (groups,
-#: dilation, strides, 1x1, 3-D), Im2col, SPP, Embed/BatchReindex/Filter, Reduction, MVN, Tile, Dropout in TEST,
-#: Softmax and the losses (SoftmaxWithLoss in every normalization, SigmoidCrossEntropy, Hinge, Contrastive,
-#: Infogain, Euclidean), and the real LeNet, CIFAR10 quick and full (LRN), ResNet-20 and MobileNet models (grouped
-#: convolutions, BatchNorm + Scale, Eltwise, SoftmaxWithLoss); forward-only cases have no diffs.
+#: Every reference net of ../shared/caffe-reference/forward (all but cov_fillers_stats, which has no blobs): the
+#: mode reproduces every blob and every diff (parameters and blobs, Split branches included). Covered on the way:
+#: activations and Swish (libm float expressions, PReLU's sequential slope sum), Eltwise (saxpy sums, PROD's
+#: gradient in Caffe's order), LRN (running saxpy window, powf), Scale and Bias (diffs summed by sgemv/sdot),
+#: BatchNorm (batch and global statistics, running sums), pooling, concat/slice/split, reshape/flatten/crop,
+#: InnerProduct, Convolution (1x1, groups, dilation, 3-D) and Deconvolution, RNN and LSTM (Caffe's unrolled nets,
+#: the LSTM unit's own sigmoid and tanh), Im2col, SPP, Embed/BatchReindex/Filter, Reduction, MVN, Tile, Dropout
+#: in TEST, Softmax and every loss (SoftmaxWithLoss in each normalization, SigmoidCrossEntropy, Hinge,
+#: Contrastive, Infogain, Euclidean), and the real LeNet, CIFAR10 quick and full, ResNet-20 and MobileNet models.
 EXACT_NETS = [
     "cov_activations",
     "cov_eltwise",
@@ -61,6 +61,7 @@ EXACT_NETS = [
     "cov_softmax_losses",
     "cov_infogain_loss",
     "cov_activations_extra",
+    "cov_recurrent",
     "cov_index_layers",
     "cov_im2col",
     "cov_dropout_test",

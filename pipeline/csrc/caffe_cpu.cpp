@@ -177,8 +177,9 @@ at::Tensor caffe_powx_cpu(const at::Tensor& x, double power) {
 // computed in double and rounded once, as the compiled code does. Compiled without FMA contraction (plain
 // x86-64), like Caffe's own build. Parameters: ELU [alpha]; Exp [inner_scale, outer_scale]; Log [scale, shift,
 // base_scale, backward_num_scale] (the layers' float members); Swish [beta] (swish_layer.cpp: x times the
-// sigmoid of beta x); the others none.
-enum class Neuron { kSigmoid, kTanH, kBNLL, kELU, kExp, kLog, kSwish };
+// sigmoid of beta x); the others none. LSTMUnitSigmoid and LSTMUnitTanH are lstm_unit_layer.cpp's own
+// helpers, 1. / (1. + exp(-x)) and 2. * sigmoid(2. * x) - 1. (the latter entirely in double), forward only.
+enum class Neuron { kSigmoid, kTanH, kBNLL, kELU, kExp, kLog, kSwish, kUnitSigmoid, kUnitTanH };
 
 float caffe_sigmoid(float x) { return static_cast<float>(0.5 * std::tanh(0.5 * x) + 0.5); }
 
@@ -186,7 +187,8 @@ Neuron parse_neuron(c10::string_view kind, size_t n_params) {
   static const std::vector<std::tuple<std::string, Neuron, size_t>> kinds = {
       {"Sigmoid", Neuron::kSigmoid, 0}, {"TanH", Neuron::kTanH, 0}, {"BNLL", Neuron::kBNLL, 0},
       {"ELU", Neuron::kELU, 1},         {"Exp", Neuron::kExp, 2},   {"Log", Neuron::kLog, 4},
-      {"Swish", Neuron::kSwish, 1}};
+      {"Swish", Neuron::kSwish, 1},     {"LSTMUnitSigmoid", Neuron::kUnitSigmoid, 0},
+      {"LSTMUnitTanH", Neuron::kUnitTanH, 0}};
   for (const auto& [name, neuron, count] : kinds) {
     if (kind == name) {
       TORCH_CHECK(n_params == count, "caffe_neuron ", name, " takes ", count, " parameters, got ", n_params);
@@ -218,6 +220,12 @@ float neuron_forward(Neuron kind, float x, const float* p) {
     }
     case Neuron::kSwish:
       return x * caffe_sigmoid(x * p[0]);
+    case Neuron::kUnitSigmoid:
+      return static_cast<float>(1. / (1. + std::exp(-x)));
+    case Neuron::kUnitTanH: {
+      const double twice = 2. * x;
+      return static_cast<float>(2. * (1. / (1. + std::exp(-twice))) - 1.);
+    }
   }
   return 0.f;
 }
@@ -249,6 +257,9 @@ float neuron_backward(Neuron kind, float top_diff, float x, float y, const float
       const float beta_swish = p[0] * y;  // beta * swish_x, float; the rest in double (the literal 1.)
       return static_cast<float>(top_diff * (beta_swish + caffe_sigmoid(x * p[0]) * (1. - beta_swish)));
     }
+    case Neuron::kUnitSigmoid:
+    case Neuron::kUnitTanH:
+      TORCH_CHECK(false, "caffe_neuron: the LSTM unit's helpers have no backward of their own");
   }
   return 0.f;
 }

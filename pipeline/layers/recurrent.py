@@ -25,8 +25,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from pipeline import caffe_blas
 from pipeline.layers.base import Layer, count
+from pipeline.layers.caffe_gemm import InnerProductGemm
 from pipeline.layers.registry import register
+from pipeline.ops.caffe_cpu import caffe_neuron, exact_neuron
 
 
 class _NoBackward(torch.autograd.Function):
@@ -41,6 +44,26 @@ class _NoBackward(torch.autograd.Function):
         return None
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The unrolled net's InnerProduct (axis 2): Caffe's gemm calls in the bit-exact mode."""
+    if not caffe_blas.active(x):
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    return InnerProductGemm.apply(rows, weight, bias, False).view(*x.shape[:-1], weight.shape[0])
+
+
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    return caffe_neuron(x, "TanH") if exact_neuron(x) else torch.tanh(x)
+
+
+def _unit_activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """lstm_unit_layer.cpp's own sigmoid, 1. / (1. + exp(-x)), and tanh, 2. * sigmoid(2. * x) - 1. (computed in
+    double), in the bit-exact mode; torch's otherwise."""
+    if exact_neuron(x):
+        return torch.ops.caffe_pipeline.caffe_neuron(x.contiguous(), f"LSTMUnit{kind}", [])
+    return torch.sigmoid(x) if kind == "Sigmoid" else torch.tanh(x)
+
+
 class _LSTMUnit(torch.autograd.Function):
     """One LSTM step (c_prev (N, H), gates (N, 4H), cont (N, 1)) -> (c, h), with Caffe's LSTMUnit backward."""
 
@@ -48,10 +71,10 @@ class _LSTMUnit(torch.autograd.Function):
     def forward(ctx, c_prev, gates, cont):
         ctx.set_materialize_grads(False)
         i, f, o, g = gates.chunk(4, dim=-1)
-        i, o, g = torch.sigmoid(i), torch.sigmoid(o), torch.tanh(g)
-        f = torch.where(cont == 0, torch.zeros_like(f), cont * torch.sigmoid(f))
+        i, o, g = _unit_activation(i, "Sigmoid"), _unit_activation(o, "Sigmoid"), _unit_activation(g, "TanH")
+        f = torch.where(cont == 0, torch.zeros_like(f), cont * _unit_activation(f, "Sigmoid"))
         c = f * c_prev + i * g
-        tanh_c = torch.tanh(c)
+        tanh_c = _unit_activation(c, "TanH")
         ctx.save_for_backward(c_prev, i, f, o, g, tanh_c)
         return c, o * tanh_c
 
@@ -148,9 +171,9 @@ class _Recurrent(Layer):
         if tuple(cont.shape) != (t, n):
             raise self.error(f"bottom '{self.bottom_names[1]}' (cont) {list(cont.shape)} must be (T, N) = {[t, n]}")
         weight, bias, static = (getattr(self, a) for a in self.input_blobs)
-        inputs = F.linear(x.reshape(t, n, -1), weight, bias)
-        if self.static_input:
-            inputs = inputs + F.linear(rest[0].reshape(n, -1), static)
+        inputs = _linear(x.reshape(t, n, -1), weight, bias)
+        # Added to every step's sum after the recurrent and input terms, as Caffe's Eltwise orders its bottoms.
+        self._static_term = _linear(rest[0].reshape(n, -1), static) if self.static_input else None
         given = rest[self.static_input :]
         if self.expose_hidden:
             for name, s in zip(self.bottom_names[2 + self.static_input :], given):
@@ -176,6 +199,11 @@ class _Recurrent(Layer):
     def unroll(self, inputs, cont, states):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def step_input(self, recurrent: torch.Tensor, inputs_t: torch.Tensor) -> torch.Tensor:
+        """W h_conted + W_x x_t (+ W_static x_static): the Eltwise SUM of the unrolled net, in its order."""
+        total = recurrent + inputs_t
+        return total if self._static_term is None else total + self._static_term
+
     def extra_repr(self):
         return f"{super().extra_repr()}, num_output={self.hidden}, T={self.T}, expose_hidden={self.expose_hidden}"
 
@@ -195,11 +223,11 @@ class RNN(_Recurrent):
 
     def unroll(self, inputs, cont, states):
         (h,) = states
-        hs = []
+        outputs = []
         for t in range(inputs.shape[0]):
-            h = torch.tanh(F.linear(cont[t] * h, self.W_hh) + inputs[t])
-            hs.append(h)
-        return torch.tanh(F.linear(torch.stack(hs), self.W_ho, self.b_o)), [h]
+            h = _tanh(self.step_input(_linear(cont[t] * h, self.W_hh), inputs[t]))
+            outputs.append(_tanh(_linear(h, self.W_ho, self.b_o)))  # o_t = tanh(W_ho h_t + b_o), step by step
+        return torch.stack(outputs), [h]
 
 
 @register("LSTM")
@@ -217,7 +245,7 @@ class LSTM(_Recurrent):
         h, c = states
         hs = []
         for t in range(inputs.shape[0]):
-            gates = F.linear(cont[t] * h, self.W_hc) + inputs[t]
+            gates = self.step_input(_linear(cont[t] * h, self.W_hc), inputs[t])
             c, h = _LSTMUnit.apply(c, gates, cont[t])
             hs.append(h)
         return torch.stack(hs), [h, c]
