@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import shared_path
 from reference import run_case as run_forward_case
 from solver_util import kept_logger
@@ -16,6 +17,7 @@ from test_solver_conformance import run_case as run_training_case
 from pipeline import caffe_blas
 from pipeline.caffe_blas import exact_blas
 from pipeline.cli import build_parser, main
+from pipeline.ops import caffe_cpu
 from pipeline.ops.caffe_math import caffe_axpby
 from pipeline.proto.caffe_pb2 import SolverState
 from pipeline.weights import layer_arrays_from_caffemodel
@@ -276,3 +278,19 @@ def test_train_verb_prints_caffes_log_line_for_line(tmp_path, monkeypatch, capsy
     caffe = caffe_log_messages(folder / "caffe.log")
     assert len(caffe) > 600 and sum("Train net output" in m for m in caffe) == 200
     assert ours == caffe
+
+
+@pytest.mark.parametrize(
+    "kernel, pad, stride, dilation", [((3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3), (0, 2), (2, 1), (1, 2))]
+)
+def test_im2col_op_equals_torchs_unfold_and_fold(kernel, pad, stride, dilation):
+    """The C++ im2col/col2im (Caffe's loops) and torch's unfold/fold, the fallback, agree bit for bit: the same
+    column layout, and overlapping patches added in the same order."""
+    if not caffe_cpu.available():
+        pytest.skip("the C++ op cannot be built here")
+    image = torch.randn(3, 7, 6, generator=torch.Generator().manual_seed(0))
+    col = torch.ops.caffe_pipeline.caffe_im2col(image, kernel, pad, stride, dilation)
+    torch.testing.assert_close(col, F.unfold(image[None], kernel, dilation, pad, stride)[0], rtol=0, atol=0)
+    cols = torch.randn(col.shape, generator=torch.Generator().manual_seed(1))
+    back = torch.ops.caffe_pipeline.caffe_col2im(cols, [3, 7, 6], kernel, pad, stride, dilation)
+    torch.testing.assert_close(back, F.fold(cols[None], (7, 6), kernel, dilation, pad, stride)[0], rtol=0, atol=0)

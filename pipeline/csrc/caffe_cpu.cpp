@@ -297,6 +297,81 @@ at::Tensor caffe_neuron_backward_cpu(const at::Tensor& top_diff, const at::Tenso
   return result;
 }
 
+// Caffe's im2col_cpu / col2im_cpu (util/im2col.cpp) on one (C, H, W) image: the column layout of the bit-exact
+// mode's 2-D convolutions and, for col2im, the order in which overlapping patches add up. Here, not torch's
+// unfold/fold, because those cost ~50 us a call on LeNet's small images, half an exact-mode iteration.
+struct Geometry {
+  int64_t kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
+  int64_t out(int64_t size, int64_t kernel, int64_t pad, int64_t stride, int64_t dilation) const {
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) / stride + 1;
+  }
+};
+
+Geometry geometry(at::IntArrayRef kernel, at::IntArrayRef pad, at::IntArrayRef stride, at::IntArrayRef dilation) {
+  TORCH_CHECK(kernel.size() == 2 && pad.size() == 2 && stride.size() == 2 && dilation.size() == 2,
+              "caffe_im2col/caffe_col2im: 2-D geometry expected");
+  return {kernel[0], kernel[1], pad[0], pad[1], stride[0], stride[1], dilation[0], dilation[1]};
+}
+
+bool inside(int64_t a, int64_t b) { return static_cast<uint64_t>(a) < static_cast<uint64_t>(b); }
+
+at::Tensor caffe_im2col_cpu(const at::Tensor& image, at::IntArrayRef kernel, at::IntArrayRef pad,
+                            at::IntArrayRef stride, at::IntArrayRef dilation) {
+  TORCH_CHECK(image.dim() == 3 && image.scalar_type() == at::kFloat, "caffe_im2col: a float (C, H, W) image");
+  const Geometry g = geometry(kernel, pad, stride, dilation);
+  auto in = image.contiguous();
+  const int64_t channels = in.size(0), height = in.size(1), width = in.size(2);
+  const int64_t out_h = g.out(height, g.kernel_h, g.pad_h, g.stride_h, g.dilation_h);
+  const int64_t out_w = g.out(width, g.kernel_w, g.pad_w, g.stride_w, g.dilation_w);
+  auto col = at::empty({channels * g.kernel_h * g.kernel_w, out_h * out_w}, in.options());
+  const float* im = in.data_ptr<float>();
+  float* dst = col.data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c, im += height * width) {
+    for (int64_t kr = 0; kr < g.kernel_h; ++kr) {
+      for (int64_t kc = 0; kc < g.kernel_w; ++kc) {
+        int64_t row = -g.pad_h + kr * g.dilation_h;
+        for (int64_t oh = 0; oh < out_h; ++oh, row += g.stride_h) {
+          int64_t column = -g.pad_w + kc * g.dilation_w;
+          for (int64_t ow = 0; ow < out_w; ++ow, column += g.stride_w) {
+            *dst++ = inside(row, height) && inside(column, width) ? im[row * width + column] : 0.f;
+          }
+        }
+      }
+    }
+  }
+  return col;
+}
+
+at::Tensor caffe_col2im_cpu(const at::Tensor& col, at::IntArrayRef image_shape, at::IntArrayRef kernel,
+                            at::IntArrayRef pad, at::IntArrayRef stride, at::IntArrayRef dilation) {
+  TORCH_CHECK(col.dim() == 2 && col.scalar_type() == at::kFloat && image_shape.size() == 3,
+              "caffe_col2im: float columns and a (C, H, W) image shape");
+  const Geometry g = geometry(kernel, pad, stride, dilation);
+  const int64_t channels = image_shape[0], height = image_shape[1], width = image_shape[2];
+  const int64_t out_h = g.out(height, g.kernel_h, g.pad_h, g.stride_h, g.dilation_h);
+  const int64_t out_w = g.out(width, g.kernel_w, g.pad_w, g.stride_w, g.dilation_w);
+  TORCH_CHECK(col.size(0) == channels * g.kernel_h * g.kernel_w && col.size(1) == out_h * out_w,
+              "caffe_col2im: columns ", col.sizes(), " do not match the image and geometry");
+  auto in = col.contiguous();
+  auto image = at::zeros({channels, height, width}, in.options());
+  const float* src = in.data_ptr<float>();
+  float* im = image.data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c, im += height * width) {
+    for (int64_t kr = 0; kr < g.kernel_h; ++kr) {
+      for (int64_t kc = 0; kc < g.kernel_w; ++kc) {
+        int64_t row = -g.pad_h + kr * g.dilation_h;
+        for (int64_t oh = 0; oh < out_h; ++oh, row += g.stride_h) {
+          int64_t column = -g.pad_w + kc * g.dilation_w;
+          for (int64_t ow = 0; ow < out_w; ++ow, column += g.stride_w, ++src) {
+            if (inside(row, height) && inside(column, width)) im[row * width + column] += *src;
+          }
+        }
+      }
+    }
+  }
+  return image;
+}
+
 }  // namespace
 
 // A fragment: the namespace itself is defined with the distillation op (pipeline/csrc/distill.cpp).
@@ -306,6 +381,8 @@ TORCH_LIBRARY_FRAGMENT(caffe_pipeline, m) {
   m.def("caffe_powx(Tensor x, float power) -> Tensor");
   m.def("caffe_neuron(Tensor x, str kind, float[] params) -> Tensor");
   m.def("caffe_neuron_backward(Tensor top_diff, Tensor x, Tensor y, str kind, float[] params) -> Tensor");
+  m.def("caffe_im2col(Tensor image, int[] kernel, int[] pad, int[] stride, int[] dilation) -> Tensor");
+  m.def("caffe_col2im(Tensor col, int[] image_shape, int[] kernel, int[] pad, int[] stride, int[] dilation) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(caffe_pipeline, CPU, m) {
@@ -314,6 +391,8 @@ TORCH_LIBRARY_IMPL(caffe_pipeline, CPU, m) {
   m.impl("caffe_powx", &caffe_powx_cpu);
   m.impl("caffe_neuron", &caffe_neuron_cpu);
   m.impl("caffe_neuron_backward", &caffe_neuron_backward_cpu);
+  m.impl("caffe_im2col", &caffe_im2col_cpu);
+  m.impl("caffe_col2im", &caffe_col2im_cpu);
 }
 
 TORCH_LIBRARY_IMPL(caffe_pipeline, Autograd, m) { m.impl("softmax_label_loss", &forward_autograd); }

@@ -1,6 +1,7 @@
 """Caffe's im2col and col2im on one image (C, *spatial), any number of spatial axes, for the bit-exact mode.
 
-2-D is torch's unfold/fold, whose column layout and accumulation order are Caffe's im2col_cpu/col2im_cpu. Other
+2-D is Caffe's own loops in the C++ op (torch's unfold/fold, which lay out and add up the same way, where the op
+cannot be built). Other
 dimensions follow im2col_nd_cpu: columns ordered (channel, kernel offset...) by (output position...), and col2im
 adds one kernel offset after another into the image, the order Caffe's loop over the column rows adds them.
 """
@@ -13,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pipeline.ops import caffe_cpu
+
 
 def output_shape(spatial, kernel, stride, pad, dilation) -> tuple[int, ...]:
     return tuple(
@@ -23,6 +26,8 @@ def output_shape(spatial, kernel, stride, pad, dilation) -> tuple[int, ...]:
 def im2col(image: torch.Tensor, kernel, stride, pad, dilation) -> torch.Tensor:
     """(C * prod(kernel), prod(output)) columns of one image, contiguous."""
     if len(kernel) == 2:
+        if caffe_cpu.available():
+            return torch.ops.caffe_pipeline.caffe_im2col(image, kernel, pad, stride, dilation)
         return F.unfold(image[None], kernel, dilation, pad, stride)[0].contiguous()
     n = len(kernel)
     windows = F.pad(image, [p for p in reversed(pad) for _ in (0, 1)])
@@ -37,6 +42,8 @@ def col2im(col: torch.Tensor, image_shape, kernel, stride, pad, dilation) -> tor
     """The image (C, *spatial) that sums the columns back, in Caffe's order."""
     channels, *spatial = image_shape
     if len(kernel) == 2:
+        if caffe_cpu.available():
+            return torch.ops.caffe_pipeline.caffe_col2im(col, list(image_shape), kernel, pad, stride, dilation)
         return F.fold(col[None], tuple(spatial), kernel, dilation, pad, stride)[0]
     out = output_shape(spatial, kernel, stride, pad, dilation)
     padded = col.new_zeros(channels, *(size + 2 * p for size, p in zip(spatial, pad)))

@@ -8,6 +8,8 @@
   mode (pipeline/caffe_blas.py).
 - `torch.ops.caffe_pipeline.caffe_neuron` / `caffe_neuron_backward`: Sigmoid, TanH, BNLL, ELU, Exp, Log and Swish as
   Caffe's CPU code computes them (libm's float functions, its mix of float and double), for the bit-exact mode.
+- `torch.ops.caffe_pipeline.caffe_im2col` / `caffe_col2im`: Caffe's im2col_cpu and col2im_cpu on one 2-D image,
+  for the bit-exact mode's convolutions.
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ def _register_fake_kernels() -> None:
     @torch.library.register_fake("caffe_pipeline::caffe_powx")
     def _fake_powx(x, power):
         return torch.empty_like(x)
+
+    @torch.library.register_fake("caffe_pipeline::caffe_im2col")
+    def _fake_im2col(image, kernel, pad, stride, dilation):
+        out = [
+            (s + 2 * p - (d * (k - 1) + 1)) // st + 1
+            for s, k, p, st, d in zip(image.shape[1:], kernel, pad, stride, dilation)
+        ]
+        return image.new_empty(image.shape[0] * kernel[0] * kernel[1], out[0] * out[1])
+
+    @torch.library.register_fake("caffe_pipeline::caffe_col2im")
+    def _fake_col2im(col, image_shape, kernel, pad, stride, dilation):
+        return col.new_empty(image_shape)
 
     @torch.library.register_fake("caffe_pipeline::caffe_neuron")
     def _fake_neuron(x, kind, params):
