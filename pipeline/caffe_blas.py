@@ -122,6 +122,11 @@ def exact_blas(enabled: bool = True):
     return _restoring(previous)
 
 
+def address(routine: str) -> int:
+    """The address of one of the library's cblas routines, for the C++ ops that loop over Caffe's calls."""
+    return ctypes.cast(getattr(_library(), routine), ctypes.c_void_p).value
+
+
 def _ptr(t: torch.Tensor, offset: int = 0) -> int:
     return t.data_ptr() + 4 * offset
 

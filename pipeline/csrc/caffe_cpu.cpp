@@ -372,6 +372,92 @@ at::Tensor caffe_col2im_cpu(const at::Tensor& col, at::IntArrayRef image_shape, 
   return image;
 }
 
+// ConvolutionLayer<float>'s CPU forward and backward for (N, C, H, W), the loop over images and groups of
+// BaseConvolutionLayer (forward_cpu_gemm, forward_cpu_bias, backward_cpu_bias, weight_cpu_gemm,
+// backward_cpu_gemm) with Caffe's im2col/col2im above, calling the OpenBLAS that pipeline/caffe_blas.py loaded
+// through the cblas_sgemm / cblas_sgemv addresses it passes (the library is Caffe's, not one linked here).
+using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+using Sgemv = void (*)(int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+void gemm(Sgemm f, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, const float* b,
+          float beta, float* c) {
+  f(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, ta ? m : k, b, tb ? k : n, beta,
+    c, n);
+}
+
+at::Tensor caffe_conv2d_forward_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                    at::IntArrayRef pad, at::IntArrayRef stride, at::IntArrayRef dilation, int64_t group,
+                                    int64_t sgemm_address) {
+  const auto sgemm = reinterpret_cast<Sgemm>(sgemm_address);
+  auto in = x.contiguous(), w = weight.contiguous();
+  const int64_t num = in.size(0), channels = in.size(1), out_channels = w.size(0);
+  const std::vector<int64_t> kernel = {w.size(2), w.size(3)};
+  const Geometry g = geometry(kernel, pad, stride, dilation);
+  const int64_t out_h = g.out(in.size(2), g.kernel_h, g.pad_h, g.stride_h, g.dilation_h);
+  const int64_t out_w = g.out(in.size(3), g.kernel_w, g.pad_w, g.stride_w, g.dilation_w);
+  const int64_t spatial = out_h * out_w, kernel_dim = w[0].numel(), m = out_channels / group;
+  auto top = at::empty({num, out_channels, out_h, out_w}, in.options());
+  auto ones = at::ones({spatial}, in.options());
+  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  for (int64_t i = 0; i < num; ++i) {
+    auto col = caffe_im2col_cpu(in[i], kernel, pad, stride, dilation);
+    float* out = top.data_ptr<float>() + i * out_channels * spatial;
+    for (int64_t k = 0; k < group; ++k) {
+      gemm(sgemm, false, false, m, spatial, kernel_dim, 1.f, w.data_ptr<float>() + k * m * kernel_dim,
+           col.data_ptr<float>() + k * kernel_dim * spatial, 0.f, out + k * m * spatial);
+    }
+    if (b.defined()) {
+      gemm(sgemm, false, false, out_channels, spatial, 1, 1.f, b.data_ptr<float>(), ones.data_ptr<float>(), 1.f, out);
+    }
+  }
+  return top;
+}
+
+// Returns (bottom diff or an empty tensor, weight diff, bias diff): the diffs start from the given ones (what
+// earlier sub-batches or sharing layers left) and add each image's gradient, as Caffe's beta-1 calls do.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> caffe_conv2d_backward_cpu(
+    const at::Tensor& top_diff, const at::Tensor& x, const at::Tensor& weight,
+    const c10::optional<at::Tensor>& weight_diff, const c10::optional<at::Tensor>& bias_diff, bool input_diff,
+    at::IntArrayRef pad, at::IntArrayRef stride, at::IntArrayRef dilation, int64_t group, int64_t sgemm_address,
+    int64_t sgemv_address) {
+  const auto sgemm = reinterpret_cast<Sgemm>(sgemm_address);
+  const auto sgemv = reinterpret_cast<Sgemv>(sgemv_address);
+  auto dy = top_diff.contiguous(), in = x.contiguous(), w = weight.contiguous();
+  const int64_t num = in.size(0), channels = in.size(1), out_channels = w.size(0);
+  const std::vector<int64_t> kernel = {w.size(2), w.size(3)};
+  const int64_t spatial = dy.size(2) * dy.size(3), kernel_dim = w[0].numel(), m = out_channels / group;
+  at::Tensor gw = weight_diff.has_value() ? weight_diff->contiguous().clone() : at::Tensor();
+  at::Tensor gb = bias_diff.has_value() ? bias_diff->contiguous().clone() : at::Tensor();
+  at::Tensor gx = input_diff ? at::empty_like(in) : at::Tensor();
+  if (gb.defined()) {
+    auto ones = at::ones({spatial}, in.options());
+    for (int64_t i = 0; i < num; ++i) {
+      sgemv(kRowMajor, kNoTrans, out_channels, spatial, 1.f, dy.data_ptr<float>() + i * out_channels * spatial,
+            spatial, ones.data_ptr<float>(), 1, 1.f, gb.data_ptr<float>(), 1);
+    }
+  }
+  auto col_diff = at::empty({channels * kernel[0] * kernel[1], spatial}, in.options());
+  for (int64_t i = 0; i < num && (gw.defined() || gx.defined()); ++i) {
+    const float* dy_i = dy.data_ptr<float>() + i * out_channels * spatial;
+    if (gw.defined()) {
+      auto col = caffe_im2col_cpu(in[i], kernel, pad, stride, dilation);
+      for (int64_t k = 0; k < group; ++k) {
+        gemm(sgemm, false, true, m, kernel_dim, spatial, 1.f, dy_i + k * m * spatial,
+             col.data_ptr<float>() + k * kernel_dim * spatial, 1.f, gw.data_ptr<float>() + k * m * kernel_dim);
+      }
+    }
+    if (gx.defined()) {
+      for (int64_t k = 0; k < group; ++k) {
+        gemm(sgemm, true, false, kernel_dim, spatial, m, 1.f, w.data_ptr<float>() + k * m * kernel_dim,
+             dy_i + k * m * spatial, 0.f, col_diff.data_ptr<float>() + k * kernel_dim * spatial);
+      }
+      gx[i].copy_(caffe_col2im_cpu(col_diff, in[i].sizes(), kernel, pad, stride, dilation));
+    }
+  }
+  return {gx, gw, gb};
+}
+
 }  // namespace
 
 // A fragment: the namespace itself is defined with the distillation op (pipeline/csrc/distill.cpp).
@@ -383,6 +469,13 @@ TORCH_LIBRARY_FRAGMENT(caffe_pipeline, m) {
   m.def("caffe_neuron_backward(Tensor top_diff, Tensor x, Tensor y, str kind, float[] params) -> Tensor");
   m.def("caffe_im2col(Tensor image, int[] kernel, int[] pad, int[] stride, int[] dilation) -> Tensor");
   m.def("caffe_col2im(Tensor col, int[] image_shape, int[] kernel, int[] pad, int[] stride, int[] dilation) -> Tensor");
+  m.def(
+      "caffe_conv2d_forward(Tensor x, Tensor weight, Tensor? bias, int[] pad, int[] stride, int[] dilation, "
+      "int group, int sgemm) -> Tensor");
+  m.def(
+      "caffe_conv2d_backward(Tensor top_diff, Tensor x, Tensor weight, Tensor? weight_diff, Tensor? bias_diff, "
+      "bool input_diff, int[] pad, int[] stride, int[] dilation, int group, int sgemm, int sgemv) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(caffe_pipeline, CPU, m) {
@@ -393,6 +486,8 @@ TORCH_LIBRARY_IMPL(caffe_pipeline, CPU, m) {
   m.impl("caffe_neuron_backward", &caffe_neuron_backward_cpu);
   m.impl("caffe_im2col", &caffe_im2col_cpu);
   m.impl("caffe_col2im", &caffe_col2im_cpu);
+  m.impl("caffe_conv2d_forward", &caffe_conv2d_forward_cpu);
+  m.impl("caffe_conv2d_backward", &caffe_conv2d_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(caffe_pipeline, Autograd, m) { m.impl("softmax_label_loss", &forward_autograd); }

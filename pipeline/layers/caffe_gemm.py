@@ -13,8 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pipeline.caffe_blas import gemm, gemv
+from pipeline.caffe_blas import address, gemm, gemv
 from pipeline.layers.caffe_im2col import col2im, im2col, output_shape
+from pipeline.ops import caffe_cpu
 
 
 def diff_buffer(param: torch.Tensor | None, needed: bool) -> torch.Tensor | None:
@@ -88,6 +89,13 @@ class ConvolutionGemm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, pad, dilation, group: int):
         ctx.params = (weight, bias)
         x, weight = x.contiguous(), weight.contiguous()
+        ctx.in_cpp = x.dim() == 4 and caffe_cpu.available()
+        if ctx.in_cpp:  # the same loop in C++
+            ctx.save_for_backward(x, weight)
+            ctx.geometry, ctx.group = (list(pad), list(stride), list(dilation)), group
+            return torch.ops.caffe_pipeline.caffe_conv2d_forward(
+                x, weight, bias, *ctx.geometry, group, address("cblas_sgemm")
+            )
         num = x.shape[0]
         out_channels, kernel = weight.shape[0], tuple(weight.shape[2:])
         geometry = (kernel, tuple(stride), tuple(pad), tuple(dilation))
@@ -118,6 +126,15 @@ class ConvolutionGemm(torch.autograd.Function):
     def backward(ctx, top_diff):
         x, weight = ctx.saved_tensors
         top_diff = top_diff.contiguous()
+        if ctx.in_cpp:
+            grad_x, grad_w, grad_b = torch.ops.caffe_pipeline.caffe_conv2d_backward(
+                top_diff, x, weight, diff_buffer(ctx.params[0], ctx.needs_input_grad[1]),
+                diff_buffer(ctx.params[1], ctx.needs_input_grad[2]), ctx.needs_input_grad[0], *ctx.geometry,
+                ctx.group, address("cblas_sgemm"), address("cblas_sgemv"),
+            )  # fmt: skip
+            grad_w = store_diff(ctx.params[0], grad_w) if ctx.needs_input_grad[1] else None
+            grad_b = store_diff(ctx.params[1], grad_b) if ctx.needs_input_grad[2] else None
+            return grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b, None, None, None, None
         geometry, group, spatial = ctx.geometry, ctx.group, ctx.spatial
         num = x.shape[0]
         out_channels = weight.shape[0]
