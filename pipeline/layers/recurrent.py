@@ -52,6 +52,12 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return InnerProductGemm.apply(rows, weight, bias, False).view(*x.shape[:-1], weight.shape[0])
 
 
+def _step_input(recurrent: torch.Tensor, inputs_t: torch.Tensor, static_term: torch.Tensor | None) -> torch.Tensor:
+    """W h_conted + W_x x_t (+ W_static x_static): the unrolled net's Eltwise SUM, in its bottoms' order."""
+    total = recurrent + inputs_t
+    return total if static_term is None else total + static_term
+
+
 def _tanh(x: torch.Tensor) -> torch.Tensor:
     return caffe_neuron(x, "TanH") if exact_neuron(x) else torch.tanh(x)
 
@@ -173,7 +179,7 @@ class _Recurrent(Layer):
         weight, bias, static = (getattr(self, a) for a in self.input_blobs)
         inputs = _linear(x.reshape(t, n, -1), weight, bias)
         # Added to every step's sum after the recurrent and input terms, as Caffe's Eltwise orders its bottoms.
-        self._static_term = _linear(rest[0].reshape(n, -1), static) if self.static_input else None
+        static_term = _linear(rest[0].reshape(n, -1), static) if self.static_input else None
         given = rest[self.static_input :]
         if self.expose_hidden:
             for name, s in zip(self.bottom_names[2 + self.static_input :], given):
@@ -184,7 +190,7 @@ class _Recurrent(Layer):
             states = self._initial_states(x, n)
         # Caffe never back-propagates into the sequence indicators.
         cont = cont.detach().to(x.dtype).reshape(t, n, 1)
-        out, final = self.unroll(inputs, cont, states)
+        out, final = self.unroll(inputs, cont, states, static_term)
         if not self.expose_hidden:
             self._carry = [s.detach() for s in final]
             return out
@@ -196,13 +202,8 @@ class _Recurrent(Layer):
         # First forward, or the number of streams changed: Caffe's state blob is fresh zeros.
         return [x.new_zeros(n, self.hidden) for _ in self.states]
 
-    def unroll(self, inputs, cont, states):  # pragma: no cover - abstract
+    def unroll(self, inputs, cont, states, static_term):  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def step_input(self, recurrent: torch.Tensor, inputs_t: torch.Tensor) -> torch.Tensor:
-        """W h_conted + W_x x_t (+ W_static x_static): the Eltwise SUM of the unrolled net, in its order."""
-        total = recurrent + inputs_t
-        return total if self._static_term is None else total + self._static_term
 
     def extra_repr(self):
         return f"{super().extra_repr()}, num_output={self.hidden}, T={self.T}, expose_hidden={self.expose_hidden}"
@@ -221,11 +222,11 @@ class RNN(_Recurrent):
         self.add_blob("W_ho", (self.hidden, self.hidden), p.weight_filler)
         self.add_blob("b_o", (self.hidden,), p.bias_filler)
 
-    def unroll(self, inputs, cont, states):
+    def unroll(self, inputs, cont, states, static_term):
         (h,) = states
         outputs = []
         for t in range(inputs.shape[0]):
-            h = _tanh(self.step_input(_linear(cont[t] * h, self.W_hh), inputs[t]))
+            h = _tanh(_step_input(_linear(cont[t] * h, self.W_hh), inputs[t], static_term))
             outputs.append(_tanh(_linear(h, self.W_ho, self.b_o)))  # o_t = tanh(W_ho h_t + b_o), step by step
         return torch.stack(outputs), [h]
 
@@ -241,11 +242,11 @@ class LSTM(_Recurrent):
         super()._make_blobs(input_dim, static_dim)
         self.add_blob("W_hc", (4 * self.hidden, self.hidden), self.param.recurrent_param.weight_filler)
 
-    def unroll(self, inputs, cont, states):
+    def unroll(self, inputs, cont, states, static_term):
         h, c = states
         hs = []
         for t in range(inputs.shape[0]):
-            gates = self.step_input(_linear(cont[t] * h, self.W_hc), inputs[t])
+            gates = _step_input(_linear(cont[t] * h, self.W_hc), inputs[t], static_term)
             c, h = _LSTMUnit.apply(c, gates, cont[t])
             hs.append(h)
         return torch.stack(hs), [h, c]
