@@ -15,8 +15,9 @@ from pipeline.ops.caffe_math import caffe_axpby, sqrtf
 f32 = np.float32
 
 
-def channel_means(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Caffe's two-step per-channel sum of an (N, C, spatial) buffer, times `scale` in the first step."""
+def channel_sums(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Caffe's two-step per-channel sum of an (N, C, spatial) buffer, times `scale` in the first step (the mean
+    with scale 1 / (N * spatial))."""
     num, channels, spatial = x.shape
     per_image = x.new_empty(num * channels)
     gemv(False, num * channels, spatial, scale, (x, 0), (x.new_ones(spatial), 0), 0.0, (per_image, 0))
@@ -36,9 +37,9 @@ class CaffeBatchStatsNorm(torch.autograd.Function):
         flat = x.contiguous().view(num, channels, -1)
         spatial = flat.shape[2]
         inverse_count = float(f32(1.0 / (num * spatial)))
-        mean = channel_means(flat, inverse_count)
+        mean = channel_sums(flat, inverse_count)
         centred = (flat - mean[None, :, None]).contiguous()
-        variance = channel_means((centred * centred).contiguous(), inverse_count)
+        variance = channel_sums((centred * centred).contiguous(), inverse_count)
         mean_sum, variance_sum, scale_factor = blobs
         maf = float(f32(moving_average_fraction))
         with torch.no_grad():
@@ -60,8 +61,8 @@ class CaffeBatchStatsNorm(torch.autograd.Function):
         top_diff = top_diff.contiguous().view(num, channels, spatial)
         # sum(dy * y) per channel, broadcast, times y; plus sum(dy) per channel
         diff = (y * top_diff).contiguous()
-        diff = y * channel_means(diff, 1.0)[None, :, None]
-        diff = diff + channel_means(top_diff, 1.0)[None, :, None]
+        diff = y * channel_sums(diff, 1.0)[None, :, None]
+        diff = diff + channel_sums(top_diff, 1.0)[None, :, None]
         # dy - (...) / (N * spatial): Caffe's axpby(1, dy, -1 / m, diff), i.e. sscal then saxpy
         diff = caffe_axpby(1.0, top_diff, float(f32(-1.0 / (num * spatial))), diff.contiguous())
         return (diff / std[None, :, None]).view(ctx.shape), None, None, None
