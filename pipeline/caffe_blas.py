@@ -83,6 +83,11 @@ def available() -> bool:
     return library_path() is not None
 
 
+def is_on() -> bool:
+    """Whether the bit-exact mode is switched on (whatever tensor comes)."""
+    return bool(_state["on"])
+
+
 def active(x: torch.Tensor) -> bool:
     """Whether exact Caffe BLAS is on and applies to `x` (float32 on the CPU, outside tracing and compiling)."""
     return (

@@ -2,7 +2,8 @@
 
 fan_in = count / shape[0], fan_out = count / shape[1]: for a conv weight (C_out, C_in/g, kh, kw) that is
 C_in/g*kh*kw and C_out*kh*kw; for an InnerProduct weight (N_out, K) it is K and N_out.
-Values are random like Caffe's but not bit-identical to Caffe's Boost RNG: statistics match.
+Values are random like Caffe's; with a CaffeRNG (pipeline/caffe_rng.py: a seeded net in the bit-exact mode) the
+uniform, xavier and positive_unitball fillers draw Caffe's very numbers.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
+from pipeline.caffe_rng import CaffeRNG
 from pipeline.errors import NetBuildError
 from pipeline.proto import caffe_pb2
 
-Filler = Callable[[caffe_pb2.FillerParameter, tuple, torch.Generator | None], torch.Tensor]
+Filler = Callable[[caffe_pb2.FillerParameter, tuple, "torch.Generator | CaffeRNG | None"], torch.Tensor]
 _FILLERS: dict[str, Filler] = {}
 
 
@@ -85,7 +88,13 @@ def _fan_for(param: caffe_pb2.FillerParameter, shape: tuple) -> float:
 
 
 def _uniform(shape: tuple, low: float, high: float, generator) -> torch.Tensor:
+    if isinstance(generator, CaffeRNG):
+        return torch.from_numpy(generator.uniform(_count(shape), low, high)).reshape(shape)
     return torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=generator)
+
+
+def _torch_generator(generator) -> torch.Generator | None:
+    return generator.torch if isinstance(generator, CaffeRNG) else generator
 
 
 @register_filler("constant")
@@ -100,6 +109,7 @@ def uniform(param, shape, generator):
 
 @register_filler("gaussian")
 def gaussian(param, shape, generator):
+    generator = _torch_generator(generator)
     data = torch.empty(shape, dtype=torch.float64).normal_(param.mean, param.std, generator=generator)
     if param.sparse >= 0:
         # Caffe keeps each weight with probability sparse / num_outputs, so each output sees ~sparse inputs.
@@ -113,20 +123,37 @@ def gaussian(param, shape, generator):
 def positive_unitball(param, shape, generator):
     data = _uniform(shape, 0.0, 1.0, generator)
     rows = data.reshape(shape[0] if shape else 1, -1)
+    if isinstance(generator, CaffeRNG):  # each row's sum left to right in float, then divided, as Caffe
+        sums = np.add.accumulate(rows.numpy(), axis=1, dtype=np.float32)[:, -1:]
+        return (rows / torch.from_numpy(np.ascontiguousarray(sums))).reshape(shape)
     rows /= rows.sum(dim=1, keepdim=True)
     return rows.reshape(shape)
 
 
 @register_filler("xavier")
 def xavier(param, shape, generator):
+    if isinstance(generator, CaffeRNG):  # Caffe's float arithmetic: integer fans, sqrt(Dtype(3) / n)
+        scale = np.sqrt(np.float32(3) / _caffe_fan(param, shape), dtype=np.float32)
+        return _uniform(shape, -scale, scale, generator)
     scale = math.sqrt(3.0 / _fan_for(param, shape))
     return _uniform(shape, -scale, scale, generator)
+
+
+def _caffe_fan(param: caffe_pb2.FillerParameter, shape: tuple) -> np.float32:
+    count = _count(shape)
+    fan_in = np.float32(count // shape[0])
+    fan_out = np.float32(count // shape[1]) if len(shape) > 1 else np.float32(count)
+    if param.variance_norm == caffe_pb2.FillerParameter.FAN_OUT:
+        return fan_out
+    if param.variance_norm == caffe_pb2.FillerParameter.AVERAGE:
+        return (fan_in + fan_out) / np.float32(2)
+    return fan_in
 
 
 @register_filler("msra")
 def msra(param, shape, generator):
     std = math.sqrt(2.0 / _fan_for(param, shape))
-    return torch.empty(shape, dtype=torch.float64).normal_(0.0, std, generator=generator)
+    return torch.empty(shape, dtype=torch.float64).normal_(0.0, std, generator=_torch_generator(generator))
 
 
 @register_filler("bilinear")

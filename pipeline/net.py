@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 import pipeline.layers  # noqa: F401  (registers every layer type)
+from pipeline import caffe_blas
+from pipeline.caffe_rng import CaffeRNG
 from pipeline.errors import NetBuildError, PipelineError
 from pipeline.layers.base import TEST, TRAIN, Layer, check_counts
 from pipeline.layers.registry import layer_class
@@ -102,20 +104,25 @@ class Net(nn.Module):
         self._values: dict[str, torch.Tensor] = {}
         self._first_values: dict[str, torch.Tensor] = {}
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
+        # A seeded net in the bit-exact mode fills its blobs from Caffe's own random stream.
+        filler_rng = CaffeRNG(seed) if seed is not None and caffe_blas.is_on() else None
         for layer_param in self.param.layer:
-            self._append_layer(layer_param, generator)
+            self._append_layer(layer_param, generator, filler_rng)
         self._share_params()
         self.learnable_params = self._collect_learnable()
         self._plan_backward()
         self._plan_soft_target_caches()
 
     # ----- building ----------------------------------------------------------------------------------
-    def _append_layer(self, layer_param: caffe_pb2.LayerParameter, generator: torch.Generator) -> None:
+    def _append_layer(
+        self, layer_param: caffe_pb2.LayerParameter, generator: torch.Generator, filler_rng: CaffeRNG | None = None
+    ) -> None:
         if layer_param.name in self.layer_by_name:
             raise NetBuildError("duplicate layer name", layer_param.name, layer_param.type)
         cls = layer_class(layer_param.type, layer_param.name)
         layer = cls(layer_param, self.phase)
         layer.generator = generator
+        layer.filler_rng = filler_rng
         check_counts(layer, len(layer_param.bottom), len(layer_param.top))
         bottom_shapes = []
         for j, blob in enumerate(layer_param.bottom):

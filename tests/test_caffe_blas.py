@@ -318,3 +318,43 @@ def test_convolution_loop_in_cpp_equals_the_python_loop(monkeypatch):
         results.append([top.detach(), *(leaf.grad for leaf in leaves)])
     for cpp, python in zip(*results):
         torch.testing.assert_close(cpp, python, rtol=0, atol=0)
+
+
+def test_caffe_rng_is_boosts_mt19937_and_uniform_real():
+    """mt19937's 10000th output from the default seed 5489 is 4123659995 (the C++ standard's check); the uniform
+    draws stay inside [low, high] with Caffe's float arithmetic."""
+    from pipeline.caffe_rng import CaffeRNG
+
+    rng = CaffeRNG(5489)
+    assert int(rng._engine.random_raw(10000)[-1]) == 4123659995
+    values = CaffeRNG(1).uniform(100_000, -0.5, 0.25)
+    assert values.dtype == np.float32 and values.min() >= -0.5 and values.max() <= 0.25
+
+
+@pytest.mark.parametrize("seed", [1701, 2024])
+def test_uniform_filler_draws_caffes_numbers(seed):
+    """cov_fillers_stats: Caffe's 500,000-value uniform(-0.3, 0.8) blob, the first random blob of its net, has
+    the minimum, maximum and (double) mean of ours to the last digit."""
+    import json
+
+    from pipeline.caffe_rng import CaffeRNG
+
+    stats = json.loads(shared_path("caffe-reference", "forward", "cov_fillers_stats", "stats.json").read_text())
+    caffe = stats["uniform"][f"seed_{seed}"]
+    ours = CaffeRNG(seed).uniform(caffe["count"], -0.3, 0.8)
+    assert (float(ours.min()), float(ours.max())) == (caffe["min"], caffe["max"])
+    assert float(ours.astype(np.float64).mean()) == caffe["mean"]
+
+
+def test_random_seed_gives_caffes_initial_lenet_and_its_run(tmp_path, monkeypatch):
+    """No init.caffemodel: LeNet built from solver.prototxt's random_seed 1701 in the bit-exact mode holds the
+    very weights Caffe's solver started from (xavier fillers from Boost's mt19937), and trains on Caffe's losses."""
+    folder = mirror("lenet_sgd_inv", tmp_path)
+    monkeypatch.chdir(folder)
+    with exact_blas(True):
+        solver = make_solver(folder)
+        solver.param.test_interval = 0
+        assert_weights_equal(solver.net, folder / "init.npz", "random_seed 1701")
+        recorder = Recorder(solver)
+        solver.step(30)
+    assert_trace_equal(recorder.rows, read_trace(folder), "lenet_sgd_inv from its random_seed")

@@ -46,6 +46,8 @@ class Layer(nn.Module):
         self.bottom_names = list(param.bottom)
         self.top_names = list(param.top)
         self.generator: torch.Generator | None = None
+        #: Caffe's random stream for the blob fillers (pipeline/caffe_rng.py), when the net reproduces Caffe's.
+        self.filler_rng = None
 
     # ----- to override -------------------------------------------------------------------------------
     def setup(self, bottom_shapes: list[Shape]) -> list[Shape]:
@@ -68,7 +70,7 @@ class Layer(nn.Module):
     ) -> torch.Tensor:
         """Create a Caffe blob of `shape` filled by `filler` (constant 0 if None) under attribute `attr`."""
         filler = filler if filler is not None else caffe_pb2.FillerParameter(type="constant")
-        data = fill(filler, tuple(shape), generator=self.generator)
+        data = fill(filler, tuple(shape), generator=self.filler_rng or self.generator)
         if learnable:
             setattr(self, attr, nn.Parameter(data))
         else:
