@@ -12,8 +12,9 @@ from pipeline.errors import PipelineError
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 
-def build_op_library(name: str, source: str, extra_cflags: list[str], what: str) -> None:
-    """Build (first time only) and load `csrc/<source>` as the op library `name`; `what` names it in errors."""
+def build_op_library(name: str, source: str | list[str], extra_cflags: list[str], what: str) -> None:
+    """Build (first time only) and load `csrc/<source>` (or several sources) as the op library `name`; `what`
+    names it in errors."""
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise PipelineError(
@@ -22,8 +23,10 @@ def build_op_library(name: str, source: str, extra_cflags: list[str], what: str)
         )
     from torch.utils.cpp_extension import load
 
-    path = CSRC / source
+    paths = [CSRC / s for s in ([source] if isinstance(source, str) else source)]
     try:
-        load(name=name, sources=[str(path)], extra_cflags=extra_cflags, is_python_module=False, verbose=False)
+        load(
+            name=name, sources=[str(p) for p in paths], extra_cflags=extra_cflags, is_python_module=False, verbose=False
+        )
     except (RuntimeError, OSError, ImportError) as exc:
-        raise PipelineError(f"building the {what} from {path} failed: {exc}") from None
+        raise PipelineError(f"building the {what} from {', '.join(map(str, paths))} failed: {exc}") from None

@@ -1,4 +1,4 @@
-"""Caffe's CPU arithmetic as C++ ops (`pipeline/csrc/caffe_cpu.cpp`, built on first use, cached):
+"""Caffe's CPU arithmetic as C++ ops (`pipeline/csrc/caffe_cpu.cpp`, `caffe_conv.cpp`, built on first use, cached):
 
 - `torch.ops.caffe_pipeline.softmax_label_loss`: SoftmaxWithLoss's common case, one fused op each way. Where
   the library cannot be built (no compiler) the layer falls back to its ATen formulation, once warned: same
@@ -36,7 +36,10 @@ def available() -> bool:
             try:
                 # No fast-math here: the division and summation order are Caffe's arithmetic.
                 build_op_library(
-                    "caffe_pipeline_caffe_cpu", "caffe_cpu.cpp", ["-O2", "-std=c++17"], "Caffe CPU arithmetic ops"
+                    "caffe_pipeline_caffe_cpu",
+                    ["caffe_cpu.cpp", "caffe_conv.cpp"],
+                    ["-O2", "-std=c++17"],
+                    "Caffe CPU arithmetic ops",
                 )
                 _register_fake_kernels()
                 _state["ready"] = True
