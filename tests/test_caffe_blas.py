@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import shared_path
 from reference import run_case as run_forward_case
 from solver_util import kept_logger
-from test_solver_conformance import CASES, Recorder, make_solver, mirror, read_trace, record_tests
+from test_solver_conformance import CASES, RESUME_STATES, Recorder, make_solver, mirror, read_trace, resume_case
 from test_solver_conformance import run_case as run_training_case
 
 from pipeline import caffe_blas
@@ -160,13 +160,9 @@ def test_training_equals_caffes_bit_for_bit(case, tmp_path, monkeypatch):
     assert_weights_equal(solver.net, folder / "final.npz", case)
 
 
-@pytest.mark.parametrize("state_file", ["lenet_resume_iter_100.solverstate", "lenet_resume_h5_iter_100.solverstate.h5"])
+@pytest.mark.parametrize("state_file", RESUME_STATES)
 def test_resuming_from_caffes_solverstate_continues_caffes_run_bit_for_bit(state_file, tmp_path, monkeypatch):
-    folder = mirror("lenet_resume", tmp_path)
-    monkeypatch.chdir(folder)
-    solver = make_solver(folder, "solver_h5.prototxt" if state_file.endswith(".h5") else "solver.prototxt")
-    recorder = Recorder(solver)
-    record_tests(solver)
+    folder, solver, recorder = resume_case(state_file, tmp_path, monkeypatch)
     with exact_blas(True):
         solver.restore(state_file)
         solver.solve()

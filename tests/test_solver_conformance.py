@@ -224,13 +224,22 @@ def weight_distance(net, path: Path) -> dict[str, float]:
     return result
 
 
-@pytest.mark.parametrize("state_file", ["lenet_resume_iter_100.solverstate", "lenet_resume_h5_iter_100.solverstate.h5"])
-def test_resume_from_caffe_solverstate_continues_caffe(state_file, tmp_path, monkeypatch):
+RESUME_STATES = ["lenet_resume_iter_100.solverstate", "lenet_resume_h5_iter_100.solverstate.h5"]
+
+
+def resume_case(state_file: str, tmp_path: Path, monkeypatch):
+    """lenet_resume's solver (the HDF5 one for a .h5 state), recording, not yet restored."""
     folder = mirror("lenet_resume", tmp_path)
     monkeypatch.chdir(folder)
     solver = make_solver(folder, "solver_h5.prototxt" if state_file.endswith(".h5") else "solver.prototxt")
     recorder = Recorder(solver)
     record_tests(solver)
+    return folder, solver, recorder
+
+
+@pytest.mark.parametrize("state_file", RESUME_STATES)
+def test_resume_from_caffe_solverstate_continues_caffe(state_file, tmp_path, monkeypatch):
+    folder, solver, recorder = resume_case(state_file, tmp_path, monkeypatch)
     solver.restore(state_file)
     assert solver.iter == 100
     h5 = state_file.endswith(".h5")

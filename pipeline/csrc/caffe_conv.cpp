@@ -30,6 +30,27 @@ Geometry geometry(at::IntArrayRef kernel, at::IntArrayRef pad, at::IntArrayRef s
 
 bool inside(int64_t a, int64_t b) { return static_cast<uint64_t>(a) < static_cast<uint64_t>(b); }
 
+// Visits the column buffer's entries in Caffe's order (channel, kernel row, kernel column, output row, output
+// column), passing each one's offset in the image, or -1 where the patch lies in the padding.
+template <typename Visit>
+void walk_columns(const Geometry& g, int64_t channels, int64_t height, int64_t width, Visit visit) {
+  const int64_t out_h = g.out(height, g.kernel_h, g.pad_h, g.stride_h, g.dilation_h);
+  const int64_t out_w = g.out(width, g.kernel_w, g.pad_w, g.stride_w, g.dilation_w);
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t kr = 0; kr < g.kernel_h; ++kr) {
+      for (int64_t kc = 0; kc < g.kernel_w; ++kc) {
+        int64_t row = -g.pad_h + kr * g.dilation_h;
+        for (int64_t oh = 0; oh < out_h; ++oh, row += g.stride_h) {
+          int64_t column = -g.pad_w + kc * g.dilation_w;
+          for (int64_t ow = 0; ow < out_w; ++ow, column += g.stride_w) {
+            visit(inside(row, height) && inside(column, width) ? (c * height + row) * width + column : -1);
+          }
+        }
+      }
+    }
+  }
+}
+
 at::Tensor caffe_im2col_cpu(const at::Tensor& image, at::IntArrayRef kernel, at::IntArrayRef pad,
                             at::IntArrayRef stride, at::IntArrayRef dilation) {
   TORCH_CHECK(image.dim() == 3 && image.scalar_type() == at::kFloat, "caffe_im2col: a float (C, H, W) image");
@@ -41,19 +62,7 @@ at::Tensor caffe_im2col_cpu(const at::Tensor& image, at::IntArrayRef kernel, at:
   auto col = at::empty({channels * g.kernel_h * g.kernel_w, out_h * out_w}, in.options());
   const float* im = in.data_ptr<float>();
   float* dst = col.data_ptr<float>();
-  for (int64_t c = 0; c < channels; ++c, im += height * width) {
-    for (int64_t kr = 0; kr < g.kernel_h; ++kr) {
-      for (int64_t kc = 0; kc < g.kernel_w; ++kc) {
-        int64_t row = -g.pad_h + kr * g.dilation_h;
-        for (int64_t oh = 0; oh < out_h; ++oh, row += g.stride_h) {
-          int64_t column = -g.pad_w + kc * g.dilation_w;
-          for (int64_t ow = 0; ow < out_w; ++ow, column += g.stride_w) {
-            *dst++ = inside(row, height) && inside(column, width) ? im[row * width + column] : 0.f;
-          }
-        }
-      }
-    }
-  }
+  walk_columns(g, channels, height, width, [&](int64_t at) { *dst++ = at < 0 ? 0.f : im[at]; });
   return col;
 }
 
@@ -71,19 +80,10 @@ at::Tensor caffe_col2im_cpu(const at::Tensor& col, at::IntArrayRef image_shape, 
   auto image = at::zeros({channels, height, width}, in.options());
   const float* src = in.data_ptr<float>();
   float* im = image.data_ptr<float>();
-  for (int64_t c = 0; c < channels; ++c, im += height * width) {
-    for (int64_t kr = 0; kr < g.kernel_h; ++kr) {
-      for (int64_t kc = 0; kc < g.kernel_w; ++kc) {
-        int64_t row = -g.pad_h + kr * g.dilation_h;
-        for (int64_t oh = 0; oh < out_h; ++oh, row += g.stride_h) {
-          int64_t column = -g.pad_w + kc * g.dilation_w;
-          for (int64_t ow = 0; ow < out_w; ++ow, column += g.stride_w, ++src) {
-            if (inside(row, height) && inside(column, width)) im[row * width + column] += *src;
-          }
-        }
-      }
-    }
-  }
+  walk_columns(g, channels, height, width, [&](int64_t at) {
+    if (at >= 0) im[at] += *src;
+    ++src;
+  });
   return image;
 }
 
