@@ -2,8 +2,8 @@
 
 fan_in = count / shape[0], fan_out = count / shape[1]: for a conv weight (C_out, C_in/g, kh, kw) that is
 C_in/g*kh*kw and C_out*kh*kw; for an InnerProduct weight (N_out, K) it is K and N_out.
-Values are random like Caffe's; with a CaffeRNG (pipeline/caffe_rng.py: a seeded net in the bit-exact mode) the
-uniform, xavier and positive_unitball fillers draw Caffe's very numbers.
+Values are random like Caffe's; with a CaffeRNG (pipeline/caffe_rng.py: a seeded net in the bit-exact mode) every
+filler draws Caffe's very numbers, with Caffe's float arithmetic for scales and fans.
 """
 
 from __future__ import annotations
@@ -93,10 +93,6 @@ def _uniform(shape: tuple, low: float, high: float, generator) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=generator)
 
 
-def _torch_generator(generator) -> torch.Generator | None:
-    return generator.torch if isinstance(generator, CaffeRNG) else generator
-
-
 @register_filler("constant")
 def constant(param, shape, generator):
     return torch.full(shape, float(param.value), dtype=torch.float64)
@@ -109,7 +105,11 @@ def uniform(param, shape, generator):
 
 @register_filler("gaussian")
 def gaussian(param, shape, generator):
-    generator = _torch_generator(generator)
+    if isinstance(generator, CaffeRNG):
+        data = generator.gaussian(_count(shape), param.mean, param.std)
+        if param.sparse >= 0:  # Caffe's mask: bernoulli(Dtype(sparse) / Dtype(num_outputs)), after the values
+            data = data * generator.bernoulli(data.size, np.float32(param.sparse) / np.float32(shape[0]))
+        return torch.from_numpy(data).reshape(shape)
     data = torch.empty(shape, dtype=torch.float64).normal_(param.mean, param.std, generator=generator)
     if param.sparse >= 0:
         # Caffe keeps each weight with probability sparse / num_outputs, so each output sees ~sparse inputs.
@@ -152,8 +152,11 @@ def _caffe_fan(param: caffe_pb2.FillerParameter, shape: tuple) -> np.float32:
 
 @register_filler("msra")
 def msra(param, shape, generator):
+    if isinstance(generator, CaffeRNG):
+        std = np.sqrt(np.float32(2) / _caffe_fan(param, shape), dtype=np.float32)
+        return torch.from_numpy(generator.gaussian(_count(shape), 0.0, std)).reshape(shape)
     std = math.sqrt(2.0 / _fan_for(param, shape))
-    return torch.empty(shape, dtype=torch.float64).normal_(0.0, std, generator=_torch_generator(generator))
+    return torch.empty(shape, dtype=torch.float64).normal_(0.0, std, generator=generator)
 
 
 @register_filler("bilinear")

@@ -328,29 +328,37 @@ def test_caffe_rng_is_boosts_mt19937_and_uniform_real():
 
 
 @pytest.mark.parametrize("seed", [1701, 2024])
-def test_uniform_filler_draws_caffes_numbers(seed):
-    """cov_fillers_stats: Caffe's 500,000-value uniform(-0.3, 0.8) blob, the first random blob of its net, has
-    the minimum, maximum and (double) mean of ours to the last digit."""
+def test_every_filler_draws_caffes_numbers(seed):
+    """cov_fillers_stats: Caffe filled one blob per filler type in one net (uniform, gaussian, sparse gaussian,
+    xavier and msra in each variance norm, bilinear, positive_unitball, constant), so each draws where the last
+    stopped; ours, built from the same seed, have the minimum, maximum and (double) mean of every blob."""
     import json
 
-    from pipeline.caffe_rng import CaffeRNG
+    from pipeline.net import Net
+    from pipeline.prototxt import read_net
 
-    stats = json.loads(shared_path("caffe-reference", "forward", "cov_fillers_stats", "stats.json").read_text())
-    caffe = stats["uniform"][f"seed_{seed}"]
-    ours = CaffeRNG(seed).uniform(caffe["count"], -0.3, 0.8)
-    assert (float(ours.min()), float(ours.max())) == (caffe["min"], caffe["max"])
-    assert float(ours.astype(np.float64).mean()) == caffe["mean"]
+    folder = shared_path("caffe-reference", "forward", "cov_fillers_stats")
+    stats = json.loads((folder / "stats.json").read_text())
+    with exact_blas(True):
+        net = Net(read_net(folder / "net.prototxt"), seed=seed)
+    assert len(stats) == 11
+    for name, by_seed in stats.items():
+        caffe = by_seed[f"seed_{seed}"]
+        ours = net.layer(name).blobs[0].detach().numpy().astype(np.float64)
+        assert (float(ours.min()), float(ours.max()), float(ours.mean())) == (caffe["min"], caffe["max"], caffe["mean"])
 
 
-def test_random_seed_gives_caffes_initial_lenet_and_its_run(tmp_path, monkeypatch):
-    """No init.caffemodel: LeNet built from solver.prototxt's random_seed 1701 in the bit-exact mode holds the
-    very weights Caffe's solver started from (xavier fillers from Boost's mt19937), and trains on Caffe's losses."""
-    folder = mirror("lenet_sgd_inv", tmp_path)
+@pytest.mark.parametrize("case", ["lenet_sgd_inv", "cifar10_quick_sgd"])
+def test_random_seed_gives_caffes_initial_weights_and_run(case, tmp_path, monkeypatch):
+    """No init.caffemodel: the net built from solver.prototxt's random_seed 1701 in the bit-exact mode holds the
+    very weights Caffe's solver started from (LeNet's xavier, CIFAR10-quick's gaussian fillers, from Boost's
+    mt19937), and trains on Caffe's losses."""
+    folder = mirror(case, tmp_path)
     monkeypatch.chdir(folder)
     with exact_blas(True):
         solver = make_solver(folder)
         solver.param.test_interval = 0
-        assert_weights_equal(solver.net, folder / "init.npz", "random_seed 1701")
+        assert_weights_equal(solver.net, folder / "init.npz", f"{case}: random_seed 1701")
         recorder = Recorder(solver)
-        solver.step(30)
-    assert_trace_equal(recorder.rows, read_trace(folder), "lenet_sgd_inv from its random_seed")
+        solver.step(10)
+    assert_trace_equal(recorder.rows, read_trace(folder), f"{case} from its random_seed")
