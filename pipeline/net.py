@@ -85,7 +85,10 @@ class Net(nn.Module):
         stages=(),
         seed: int | None = None,
         source: str = "<net>",
+        filler_rng: CaffeRNG | None = None,
     ):
+        """`filler_rng`: Caffe's random stream to fill the blobs from (a solver shares one among its nets, as
+        Caffe's global generator); by default a seeded net in the bit-exact mode starts its own."""
         super().__init__()
         phase = PHASES[phase] if isinstance(phase, str) else phase
         self.source = source
@@ -105,7 +108,8 @@ class Net(nn.Module):
         self._first_values: dict[str, torch.Tensor] = {}
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
         # A seeded net in the bit-exact mode fills its blobs from Caffe's own random stream.
-        filler_rng = CaffeRNG(seed) if seed is not None and caffe_blas.is_on() else None
+        if filler_rng is None and seed is not None and caffe_blas.is_on():
+            filler_rng = CaffeRNG(seed)
         for layer_param in self.param.layer:
             self._append_layer(layer_param, generator, filler_rng)
         self._share_params()

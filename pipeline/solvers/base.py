@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
+from pipeline import caffe_blas
+from pipeline.caffe_rng import CaffeRNG
 from pipeline.errors import SolverError
 from pipeline.glog import get_logger
 from pipeline.proto import caffe_pb2
@@ -61,6 +63,8 @@ class Solver:
             torch.manual_seed(self.seed)
             np.random.seed(self.seed % 2**32)
         self.device = torch.device(device) if device is not None else self._device_from_param()
+        # Caffe's one generator, seeded before the train net and then the test nets fill their blobs from it.
+        self.filler_rng = CaffeRNG(self.seed) if self.seed is not None and caffe_blas.is_on() else None
         sources = collect_nets(param, solver_path, variables)
         self.net_texts = sources.texts
         self.net = self._build(sources.train[1], sources.train[0])
@@ -108,7 +112,7 @@ class Solver:
         return torch.device("cpu")
 
     def _build(self, net_param: caffe_pb2.NetParameter, source: str):
-        net = build(net_param, self.seed, source).to(self.device)
+        net = build(net_param, self.seed, source, self.filler_rng).to(self.device)
         return net
 
     def will_snapshot(self) -> bool:

@@ -157,10 +157,12 @@ def _with_state(net: caffe_pb2.NetParameter, phase: int, overrides) -> caffe_pb2
     return net
 
 
-def build(net_param: caffe_pb2.NetParameter, seed: int | None, source: str) -> Net:
+def build(net_param: caffe_pb2.NetParameter, seed: int | None, source: str, filler_rng=None) -> Net:
     state = net_param.state
     try:
-        return Net(net_param, phase=state.phase, level=state.level, stages=(), seed=seed, source=source)
+        return Net(
+            net_param, phase=state.phase, level=state.level, stages=(), seed=seed, source=source, filler_rng=filler_rng
+        )
     except PipelineError:
         raise
     except (OSError, ValueError) as exc:
