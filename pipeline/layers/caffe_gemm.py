@@ -42,6 +42,14 @@ def store_diff(param: torch.Tensor | None, diff: torch.Tensor | None) -> torch.T
     return None
 
 
+def backward_cpu_bias(grad_b: torch.Tensor, top_diff: torch.Tensor, num: int, channels: int, spatial: int) -> None:
+    """BaseConvolutionLayer::backward_cpu_bias for each image: its top diff (channels x spatial) times ones,
+    added to the bias diff by one sgemv."""
+    ones = top_diff.new_ones(spatial)
+    for i in range(num):
+        gemv(False, channels, spatial, 1.0, (top_diff, i * channels * spatial), (ones, 0), 1.0, (grad_b, 0))
+
+
 class InnerProductGemm(torch.autograd.Function):
     """InnerProductLayer<float>::Forward_cpu / Backward_cpu; x is (M, K), weight (N, K), or (K, N) transposed."""
 
@@ -144,10 +152,7 @@ class ConvolutionGemm(torch.autograd.Function):
         grad_w = diff_buffer(ctx.params[0], ctx.needs_input_grad[1])
         grad_b = diff_buffer(ctx.params[1], ctx.needs_input_grad[2])
         if grad_b is not None:
-            ones = x.new_ones(spatial)
-            for i in range(num):
-                gemv(False, out_channels, spatial, 1.0, (top_diff, i * out_channels * spatial), (ones, 0), 1.0,
-                     (grad_b, 0))  # fmt: skip
+            backward_cpu_bias(grad_b, top_diff, num, out_channels, spatial)
         col_diff = x.new_empty(x.shape[1] * math.prod(geometry[0]), spatial)
         for i in range(num):
             top_offset = i * out_channels * spatial
@@ -220,10 +225,7 @@ class DeconvolutionGemm(torch.autograd.Function):
         grad_w = diff_buffer(ctx.params[0], ctx.needs_input_grad[1])
         grad_b = diff_buffer(ctx.params[1], ctx.needs_input_grad[2])
         if grad_b is not None:
-            ones = x.new_ones(top_spatial)
-            for i in range(num):  # backward_cpu_bias
-                gemv(False, num_output, top_spatial, 1.0, (top_diff, i * num_output * top_spatial), (ones, 0), 1.0,
-                     (grad_b, 0))  # fmt: skip
+            backward_cpu_bias(grad_b, top_diff, num, num_output, top_spatial)
         for i in range(num):
             if grad_w is None and grad_x is None:
                 break
