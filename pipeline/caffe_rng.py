@@ -14,7 +14,6 @@ from __future__ import annotations
 from decimal import Decimal, getcontext
 
 import numpy as np
-import torch
 
 from pipeline.caffe_rng_tables import NORMAL_X, NORMAL_Y
 from pipeline.ops.libm import float_libm
@@ -46,7 +45,6 @@ class CaffeRNG:
         self._engine._legacy_seeding(seed)  # mt19937(seed): the classic init_genrand, as boost::mt19937 does
         self._stream = np.empty(0, np.uint32)
         self._pos = 0
-        self.torch = torch.Generator().manual_seed(seed)  # for what has no Caffe counterpart here
 
     # ----- the raw 32-bit stream (vectorised draws look ahead, then consume what they used) --------------------
     def _peek(self, count: int) -> np.ndarray:

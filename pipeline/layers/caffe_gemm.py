@@ -1,9 +1,9 @@
-"""InnerProduct, 2-D Convolution and the softmax as Caffe's CPU code computes them, call for call (see
-pipeline/caffe_blas.py): used by those layers while exact Caffe BLAS is on.
+"""InnerProduct, Convolution (any number of spatial axes) and Deconvolution as Caffe's CPU code computes them,
+call for call (see pipeline/caffe_blas.py): used by those layers while exact Caffe BLAS is on.
 
 Each function mirrors the Caffe source it names: the same BLAS calls with the same shapes, transposes, alphas
-and betas, the same loop over images and groups, im2col/col2im (torch's unfold/fold visit the elements in
-Caffe's order), and the same accumulation order of gradients.
+and betas, the same loop over images and groups (2-D Convolution's in C++, pipeline/csrc/caffe_conv.cpp),
+Caffe's im2col/col2im (pipeline/layers/caffe_im2col.py), and the same accumulation order of gradients.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.caffe_blas import address, gemm, gemv
 from pipeline.layers.caffe_im2col import col2im, im2col, output_shape
@@ -185,7 +184,7 @@ class DeconvolutionGemm(torch.autograd.Function):
         num, channels, height, width = x.shape
         _, out_per_group, kh, kw = weight.shape
         num_output = out_per_group * group
-        geometry = dict(kernel_size=(kh, kw), dilation=dilation, padding=pad, stride=stride)
+        geometry = ((kh, kw), tuple(stride), tuple(pad), tuple(dilation))
         spatial = height * width  # conv_out_spatial_dim_: the bottom's
         top_spatial = out_hw[0] * out_hw[1]
         kernel_dim = out_per_group * kh * kw
@@ -199,7 +198,7 @@ class DeconvolutionGemm(torch.autograd.Function):
                     True, False, kernel_dim, spatial, m, 1.0, (weight, g * m * kernel_dim),
                     (x, i * channels * spatial + g * m * spatial), 0.0, (col, g * kernel_dim * spatial),
                 )  # fmt: skip
-            top[i] = F.fold(col[None], output_size=out_hw, **geometry)[0]
+            top[i] = col2im(col, (num_output, *out_hw), *geometry)
             if bias is not None:
                 gemm(
                     False, False, num_output, top_spatial, 1, 1.0, (bias.contiguous(), 0), (ones, 0), 1.0,
@@ -229,7 +228,7 @@ class DeconvolutionGemm(torch.autograd.Function):
         for i in range(num):
             if grad_w is None and grad_x is None:
                 break
-            col = F.unfold(top_diff[i : i + 1], **geometry)[0].contiguous()
+            col = im2col(top_diff[i], *geometry)
             for g in range(group):
                 if grad_w is not None:  # weight_cpu_gemm(top diff as input, bottom as output)
                     gemm(

@@ -67,18 +67,12 @@ class CaffeSoftmaxLoss(torch.autograd.Function):
     def forward(ctx, x, labels, valid, mode: int):
         prob = caffe_softmax(x.contiguous())
         outer, _, inner = prob.shape
-        picked = prob.gather(1, labels.view(outer, 1, inner)).view(-1).tolist()
-        logf = float_libm().logf
-        loss, count = f32(0), 0
-        for p, counted in zip(picked, valid.view(-1).tolist()):
-            if counted:
-                loss = f32(loss - f32(logf(max(p, FLT_MIN))))
-                count += 1
-        norm = caffe_normalizer(mode, outer, inner, count)
+        picked = prob.gather(1, labels.view(outer, 1, inner)).view(-1)[valid.view(-1)]
+        norm = caffe_normalizer(mode, outer, inner, picked.numel())
         ctx.save_for_backward(prob, labels, valid)
         ctx.norm = norm
         ctx.mark_non_differentiable(prob)
-        return x.new_tensor(f32(loss / norm)), prob
+        return caffe_label_loss(picked, norm, FLT_MIN), prob
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_prob):
