@@ -270,3 +270,29 @@ def test_stage_solver_fields_replace_repeated_ones():
     base = caffe_pb2.SolverParameter(base_lr=0.1, stepvalue=[10, 20], lr_policy="multistep")
     merged = merge_over(base, caffe_pb2.SolverParameter(stepvalue=[5], momentum=0.5))
     assert list(merged.stepvalue) == [5] and merged.base_lr == pytest.approx(0.1) and merged.momentum == 0.5
+
+
+def test_a_stage_shorter_than_test_interval_reports_its_final_score(folder, capsys):
+    """test_interval (100) exceeds every stage's length: each stage still tests its final weights at its end, so
+    the summary's score is the stage's final one, not iteration 0's."""
+    import torch
+
+    from pipeline.weights import copy_weights
+
+    job = LayerwiseRun(solver_param(), parse_schedule(SCHEDULE), progress=False, weights=[initial_weights()])
+    result = job.run()
+    for plan, stage in zip(job.plans, result.stages):
+        (scores,) = stage.test_scores
+        assert scores["iter"] == stage.iter == plan.max_iter > 0
+        net = Net(plan.test_nets[0], "TEST")
+        copy_weights(net, stage.weights)
+        net.eval()
+        with torch.no_grad():
+            [net.forward() for _ in range(2)]  # the batches the iteration-0 test (test_initialization) read
+            final = [net.forward() for _ in range(2)]
+        for name in [k for k in scores if "accuracy" in k or "loss" in k]:
+            expected = np.mean([float(outputs[name]) for outputs in final])
+            assert scores[name] == pytest.approx(expected, abs=1e-5), (stage.name, name)
+    assert result.print_summary("stage ") == 0
+    out = capsys.readouterr().out
+    assert "  test (iter 5): " in out and "  test (iter 6): " in out and "(iter 0" not in out

@@ -61,7 +61,8 @@ class RunResult:
             state = "done" if stage.done else "stopped"
             print(f"{stage_prefix}{stage.name}: iter {stage.iter} {state} {stage.weights or ''}")
             if scores:
-                print(f"  test: {scores}")
+                tested = sorted({s["iter"] for s in stage.test_scores if "iter" in s})
+                print(f"  test (iter {', '.join(map(str, tested))}): {scores}")
         if show_state:
             print(f"state: {self.state_file}")
         if self.stopped:
@@ -202,6 +203,11 @@ class LayerwiseRun:
             if record.rng_state and record.iter == solver.iter:
                 _generator(solver.net).set_state(torch.frombuffer(bytearray(record.rng_state), dtype=torch.uint8))
         solver.solve()
+        # The stage's final score: Caffe tests at the last iteration only when it is a multiple of test_interval,
+        # so a stage shorter than test_interval would report iteration 0's; test its final weights here instead.
+        tested = [scores.get("iter") for scores in solver.test_scores]
+        if not solver.requested_early_exit and solver.test_nets and tested != [solver.iter] * len(solver.test_nets):
+            solver.test_all()
         return solver
 
     # ----- the whole schedule ----------------------------------------------------------------------------------
