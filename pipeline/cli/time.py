@@ -2,6 +2,11 @@
 
 The whole net's forward and backward are timed as a unit; each layer's backward is also timed on its own
 (its tops' gradients through its own autograd graph), since autograd runs the net's backward as one pass.
+
+Before the timed loop, one untimed forward and backward, as `caffe time` does ("Performing Forward", "Initial
+loss", "Performing Backward": memory allocated, later iterations stable), plus one untimed pass of the per-layer
+timing: torch's first calls pay one-time lazy initialisation (autograd engine, kernel selection), which would
+otherwise be charged to the first layer's backward.
 """
 
 from __future__ import annotations
@@ -69,15 +74,28 @@ def _backward_ms(tops, bottoms, layer, device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def _warm_up(net, device) -> None:
+    """The untimed backward of the forward just run, then one untimed pass of the per-layer timing."""
+    if net.loss is not None and net.loss.requires_grad:
+        net.loss.backward()
+        net.clear_param_diffs()
+    _sync(device)
+    _layer_times(net, device)
+
+
 @command("time", "benchmark forward and backward, whole net and per layer (TRAIN phase by default)")
 def run(args) -> int:
     setup_logging()
     log = get_logger()
     net = load_net(args, "TRAIN")
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    log.info("Performing Forward")
     net()
     log.info("Initial loss: %s", f"{float(net.loss.detach()):.6g}" if net.loss is not None else "0")
-    log.info("Performing Forward / Backward")
+    log.info("Performing Backward")
+    _warm_up(net, device)
+    log.info("*** Benchmark begins ***")
+    log.info("Testing for %d iterations.", args.iterations)
     forward_total = backward_total = 0.0
     per_layer_fwd = [0.0] * len(net.layers)
     per_layer_bwd = [0.0] * len(net.layers)
