@@ -55,8 +55,22 @@ DATA    ?=
 convert: $(STAMP)
 	$(PY) -m pipeline convert --model $(MODEL) --weights $(WEIGHTS) --to $(TO) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data-prototxt $(DATA))
 
+# The story's settings, each optional: make train HIDDEN=64 TEMPERATURE=2 ALPHA=0.5 ITERS=300 (or TEACHER_ITERS=,
+# STUDENT_ITERS=) TEACHER_WEIGHTS=runs/story/teacher/lenet_iter_1000.caffemodel OUT=runs/story2 MNIST_DIR=...
+HIDDEN  ?=
+TEMPERATURE ?=
+ALPHA   ?=
+TEACHER_ITERS ?=
+STUDENT_ITERS ?=
+TEACHER_WEIGHTS ?=
+STORY_FLAGS = $(if $(HIDDEN),--student-hidden $(HIDDEN)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
+	$(if $(ALPHA),--alpha $(ALPHA)) $(if $(filter command line environment,$(origin ITERS)),--iters $(ITERS)) \
+	$(if $(TEACHER_ITERS),--teacher-iters $(TEACHER_ITERS)) $(if $(STUDENT_ITERS),--student-iters $(STUDENT_ITERS)) \
+	$(if $(TEACHER_WEIGHTS),--teacher-weights '$(TEACHER_WEIGHTS)') $(if $(OUT),--run '$(OUT)') \
+	$(if $(MNIST_DIR),--data-dir '$(MNIST_DIR)')
+
 train: $(STAMP)
-	@if [ -z "$(SOLVER)" ]; then $(PY) tools/teacher_student_story.py; else \
+	@if [ -z "$(SOLVER)" ]; then $(PY) tools/teacher_student_story.py $(strip $(STORY_FLAGS)); else \
 	  $(PY) tools/make_data.py && $(PY) -m pipeline train --solver $(SOLVER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 	  $(if $(WEIGHTS_MAP),--weights-map '$(WEIGHTS_MAP)') $(foreach s,$(SET),--set $(s)); fi
 

@@ -2,7 +2,7 @@
 """`make train` (no SOLVER given): the whole teacher-student story on MNIST, in a few minutes on a CPU.
 
 1. build the MNIST LMDBs (pipeline.data.prepare: the embedded 5,000 digits by default, or --data-dir DIR),
-2. train the teacher: LeNet with Caffe's lenet_solver recipe, fewer iterations,
+2. train the teacher: LeNet with Caffe's lenet_solver recipe, fewer iterations (or load --teacher-weights),
 3. train a small student alone: an MLP (784-32-10 by default) on the hard labels,
 4. distil the same student from the teacher: prototxt/teacher_student.prototxt, teacher weights loaded under the
    prefix t_ (--weights-map '*=t_*'), soft targets cached (cache_teacher),
@@ -10,6 +10,8 @@
 
 Glog-style logs, rendered prototxts and snapshots go to runs/story/ (--run). Every step is an ordinary solver
 run: `python -m pipeline train --solver solvers/... --set ...` reproduces any of them (printed at the end).
+Progress (iterations/s, time left) goes to stderr: a bar on a terminal, else a line every 15 s. `make train`
+passes HIDDEN, TEMPERATURE, ALPHA, ITERS, TEACHER_ITERS, STUDENT_ITERS, TEACHER_WEIGHTS, OUT and MNIST_DIR on.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def train(
     weights: str | None = None,
     weights_map: str | None = None,
     quiet: bool = True,
+    progress: bool | str | None = False,
 ) -> Run:
     """Build a solver from a template, optionally load (renamed) weights, solve, and score `blobs` on the test set.
 
@@ -79,7 +82,7 @@ def train(
         setup_logging(log_file, stream=devnull if quiet else None)
         try:
             start = time.perf_counter()
-            solver = build_solver(str(solver_template), dict(variables), progress=False)
+            solver = build_solver(str(solver_template), dict(variables), progress=progress)
             if weights:
                 load_weights(solver, weights, parse_weights_map(weights_map))
             timer = PhaseTimer.attach(solver)
@@ -146,16 +149,28 @@ def command_line(solver: str, variables: dict, weights: str | None = None, weigh
 
 # ----- the story ------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
+    return story(parse_args(argv))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/story", help="folder for logs and snapshots (default runs/story)")
     parser.add_argument("--data", default="data", help="LMDB folder (default data: data/mnist/...)")
     parser.add_argument(
         "--data-dir",
-        help="MNIST IDX folder to build from (e.g. ../shared/data/mnist); default: what DATA already holds, else the "
-        "embedded 5,000 digits (4,000 train, 1,000 test)",
+        default=os.environ.get("PIPELINE_MNIST_DIR") or None,
+        help="MNIST IDX folder to build from (e.g. ../shared/data/mnist; default $PIPELINE_MNIST_DIR); default: what "
+        "DATA already holds, else the embedded 5,000 digits (4,000 train, 1,000 test)",
     )
-    parser.add_argument("--teacher-iters", type=int, default=1000, help="LeNet iterations (batch 64)")
-    parser.add_argument("--student-iters", type=int, default=1000, help="student iterations, alone and distilled")
+    parser.add_argument("--iters", type=int, help="iterations of every run (default 1000; see the next two)")
+    parser.add_argument("--teacher-iters", type=int, help="LeNet iterations (batch 64; default --iters)")
+    parser.add_argument("--student-iters", type=int, help="student iterations, alone and distilled (default --iters)")
+    parser.add_argument(
+        "--teacher-weights",
+        metavar="CAFFEMODEL",
+        help="a trained LeNet (layers conv1, conv2, ip1, ip2; e.g. runs/story/teacher/lenet_iter_1000.caffemodel) "
+        "to use instead of training the teacher",
+    )
     parser.add_argument("--student-hidden", default="32", help="student MLP hidden widths, comma-separated")
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft loss (hard labels get 1 - alpha)")
@@ -164,12 +179,31 @@ def main(argv=None) -> int:
     parser.add_argument("--download", action="store_true", help="download MNIST when data/ has none and no --data-dir")
     parser.add_argument("--quiet", action="store_true", help="print nothing (the summary is in RUN/summary.json)")
     parser.add_argument("--verbose", action="store_true", help="show the solvers' glog lines on the terminal")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar or lines")
     args = parser.parse_args(argv)
-    return story(args)
+    default = 1000 if args.iters is None else args.iters
+    args.teacher_iters = default if args.teacher_iters is None else args.teacher_iters
+    args.student_iters = default if args.student_iters is None else args.student_iters
+    if args.student_iters <= 0 or (args.teacher_iters <= 0 and not args.teacher_weights):
+        parser.error("iteration counts must be positive")
+    if args.teacher_weights and not Path(args.teacher_weights).is_file():
+        parser.error(f"--teacher-weights: '{args.teacher_weights}' is not a file")
+    return args
+
+
+def build_ops(progress) -> None:
+    """Compile the C++ ops now (first run only, then cached), with the elapsed time shown, not mid-training."""
+    from pipeline.ops import caffe_cpu, distill
+    from pipeline.solvers.progress import busy
+
+    with busy("compiling the C++ ops (first run only)", progress):
+        caffe_cpu.available()
+        distill.load_library()
 
 
 def story(args) -> int:
     from pipeline.data.prepare import prepare_mnist
+    from pipeline.solvers.progress import busy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,7 +211,9 @@ def story(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging()
     started = time.perf_counter()
-    source = prepare_mnist(data, args.data_dir, download=args.download, force=False)
+    progress = "lines" if args.progress and not args.quiet else False
+    with busy("building the MNIST databases", progress):
+        source = prepare_mnist(data, args.data_dir, download=args.download, force=False)
     counts = {split: count_records(data / "mnist" / f"mnist_{split}_lmdb") for split in ("train", "test")}
     test_batch = 100
     if counts["test"] % test_batch:
@@ -186,6 +222,7 @@ def story(args) -> int:
     where = source.get("path") or source.get("what") or source.get("kind")
     say = print if not args.quiet else (lambda *a, **k: None)
     say(f"MNIST: {counts['train']} training and {counts['test']} test images in {data / 'mnist'} (from {where})")
+    build_ops(progress)
     hidden = [int(h) for h in args.student_hidden.split(",") if h]
     student_name = "MLP 784-" + "-".join(map(str, hidden)) + "-10"
     common = {
@@ -229,21 +266,32 @@ def story(args) -> int:
             variables["test_batch"] = test_batch
         weights = weights_map = None
         blobs = ("ip2",) if name == "teacher" else ("logits",)
+        if name == "teacher" and args.teacher_weights:
+            # Loaded, not trained: zero iterations score the given weights (and snapshot them under the run).
+            weights, variables["max_iter"] = args.teacher_weights, 0
         if name == "distilled":
-            weights, weights_map, blobs = runs["teacher"].snapshot, "*=t_*", ("logits", "t_ip2")
+            teacher_weights = args.teacher_weights or runs["teacher"].snapshot
+            weights, weights_map, blobs = teacher_weights, "*=t_*", ("logits", "t_ip2")
         label = {
-            "teacher": "teacher: LeNet",
+            "teacher": f"teacher: LeNet from {args.teacher_weights}" if args.teacher_weights else "teacher: LeNet",
             "student": f"student alone: {student_name}",
             "distilled": f"student distilled from the teacher at T = {args.temperature:g}",
         }[name]
-        say(
-            f"[{time.perf_counter() - started:5.0f} s] training the {label} ({variables['max_iter']} iterations) ...",
-            flush=True,
-        )
+        iters = variables["max_iter"]
+        doing = f"training the {label} ({iters} iterations)" if iters else f"scoring the {label}"
+        say(f"[{time.perf_counter() - started:5.0f} s] {doing} ...", flush=True)
         runs[name] = train(
-            solver, variables, run_dir / f"{name}.log", blobs, weights, weights_map, quiet=not args.verbose
+            solver,
+            variables,
+            run_dir / f"{name}.log",
+            blobs,
+            weights,
+            weights_map,
+            quiet=not args.verbose,
+            progress=progress,
         )
-        commands[name] = command_line(solver, variables, weights, weights_map)
+        if variables["max_iter"]:
+            commands[name] = command_line(solver, variables, weights, weights_map)
     teacher, alone, distilled = runs["teacher"], runs["student"], runs["distilled"]
     summary = {
         "teacher": teacher.accuracy("ip2"),
