@@ -97,19 +97,26 @@ def plan(grid: dict[str, list[str]], out: Path) -> list[Run]:
 
 
 def check_solver(solver: str, grid: dict[str, list[str]], fixed: dict[str, str], run_var: str) -> list[str]:
-    """Render the solver (and its nets) as the runs will: it must put its snapshots under `run_var`; a grid
-    variable that changes neither the solver nor its nets is reported (a typo, most likely)."""
+    """Render the solver (and its nets) as the runs will: it must put its snapshots under `run_var`; a variable
+    that no template reads and that names no SolverParameter field is an error (as in train); a grid variable
+    that changes neither the solver nor its nets is reported."""
+    from pipeline.errors import TemplateError
     from pipeline.solvers.nets import collect_nets, read_solver_param
     from pipeline.template import parse_assignments
 
-    def render(values: dict[str, str], run_dir: str):
+    def render(values: dict[str, str], run_dir: str, set_fields: bool = True):
         assignments = [f"{k}={v}" for k, v in {**fixed, **values}.items()] + [f"{run_var}={run_dir}"]
         variables = parse_assignments(assignments)
-        param, text = read_solver_param(solver, variables)
+        try:
+            param, text = read_solver_param(solver, variables, set_fields=set_fields)
+        except TemplateError as exc:
+            if str(exc).startswith("unused --set"):  # grid variables reach train as --set too
+                raise SweepError(f"{exc}; --grid and --set variables are passed to each run as --set") from None
+            raise
         return param, text, collect_nets(param, solver, variables).texts
 
     first = {name: values[0] for name, values in grid.items()}
-    param, _, _ = render(first, SENTINEL)
+    param, _, _ = render(first, SENTINEL, set_fields=False)
     if SENTINEL not in param.snapshot_prefix:
         raise SweepError(
             f"{solver}: its snapshot_prefix '{param.snapshot_prefix}' does not use the variable '{run_var}', so "

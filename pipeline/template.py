@@ -9,11 +9,13 @@ and in the project's `prototxt/` folder.
 from __future__ import annotations
 
 import ast
+import difflib
 import functools
 import traceback
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from pipeline.errors import TemplateError
@@ -30,6 +32,64 @@ def parse_assignments(items: list[str] | None) -> dict[str, object]:
             raise TemplateError(f"--set expects name=value, got {item!r}")
         variables[name.strip()] = _literal(text.strip())
     return variables
+
+
+# In a set of variables a template reads: it includes or imports a template named by a variable, so any name may be.
+ANY = "*"
+
+
+def template_variables(path: str | Path) -> set[str]:
+    """The variables a template file reads from the command line: every name it, or any template it includes or
+    imports, uses without setting it first (`{% set lr = lr | default(0.01) %}` reads `lr`; `{% if x is
+    defined %}` reads `x`). Found statically, so a name read only in a branch not taken counts too. A plain
+    prototxt reads none; a template that cannot be parsed, or includes a computed name, reads `ANY`."""
+    path = Path(path)
+    search = [path.resolve().parent, PROJECT_PROTOTXT_DIR]
+    env = _environment(search)
+    builtins = set(env.globals) | {"embed_net", "fail"}
+    names: set[str] = set()
+    seen: set[Path] = set()
+    pending = [path]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            tree = env.parse(current.read_text())
+        except (OSError, jinja2.TemplateSyntaxError):
+            return names | {ANY}
+        names |= jinja2.meta.find_undeclared_variables(tree) - builtins
+        for name in jinja2.meta.find_referenced_templates(tree):
+            found = next((d / name for d in search if name is not None and (d / name).is_file()), None)
+            if found is None:
+                return names | {ANY}
+            pending.append(found)
+    return names
+
+
+def check_variables_used(
+    variables: dict, used: set[str], templates: list[str], fields: set[str] = frozenset(), field_kind: str = ""
+) -> None:
+    """`--set` names that no template reads (and, where `fields` are given, that name none of them) are errors,
+    with the nearest name a template reads (or a field) as a suggestion."""
+    if ANY in used:
+        return
+    unused = [name for name in variables if name not in used and name not in fields]
+    if not unused:
+        return
+    where = ", ".join(dict.fromkeys(str(t) for t in templates)) or "the templates"
+    problems = []
+    for name in unused:
+        close = difflib.get_close_matches(name, sorted(used | set(fields)), n=1, cutoff=0.7)
+        problems.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    nor = f" nor a {field_kind} field" if field_kind else ""
+    read = ", ".join(sorted(used)[:40]) + (", ..." if len(used) > 40 else "") if used else "no variables"
+    names = ", ".join(problems)
+    # teacher_student.prototxt's nets take their own variables as dicts: `--set 'student_vars={"hidden":[64]}'`.
+    nested = sorted(name for name in used if name.endswith("_vars"))
+    hint = f"; an embedded net's own variables go in {' or '.join(nested)}" if nested else ""
+    raise TemplateError(f"unused --set {names}: not a template variable of {where}{nor} (they read: {read}){hint}")
 
 
 def _literal(text: str) -> object:

@@ -85,8 +85,15 @@ def test_solver_must_keep_runs_apart(tmp_path, solver):
     with pytest.raises(SweepError, match="does not use the variable 'run'.*--run-var"):
         check_solver(str(fixed_prefix), {"base_lr": ["0.1", "0.2"]}, {}, "run")
     assert check_solver(str(solver), {"base_lr": ["0.1", "0.2"], "outputs": ["3", "4"]}, {}, "run") == []
-    warnings = check_solver(str(solver), {"bse_lr": ["0.1", "0.2"]}, {}, "run")
-    assert warnings and "bse_lr" in warnings[0] and "same solver and nets" in warnings[0]
+    with pytest.raises(SweepError, match="unused --set 'bse_lr' \\(did you mean 'base_lr'\\?\\)"):
+        check_solver(str(solver), {"bse_lr": ["0.1", "0.2"]}, {}, "run")
+    # A variable that no template reads but names a SolverParameter field sets it (as train's --set does).
+    assert check_solver(str(solver), {"weight_decay": ["0", "0.1"]}, {}, "run") == []
+    # One that a template reads, but to no effect, is reported.
+    quiet = tmp_path / "quiet_solver.prototxt"
+    quiet.write_text(solver.read_text() + "{% if spare is defined %}{% endif %}\n")
+    warnings = check_solver(str(quiet), {"spare": ["1", "2"]}, {}, "run")
+    assert warnings and "spare" in warnings[0] and "same solver and nets" in warnings[0]
 
 
 def test_sweep_over_a_2x1_grid(tmp_path, solver, capsys):

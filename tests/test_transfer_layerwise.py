@@ -245,6 +245,28 @@ def test_cli_runs_and_reports_bad_input(folder, capsys):
     assert "init.caffemodel: no layer of this file matches a layer of the net 'tiny'" in capsys.readouterr().err
 
 
+def test_cli_set_reaches_the_schedule_and_solver_fields_and_refuses_typos(folder, capsys):
+    """tools/train_layerwise.py --set: the solver's, its net's and the schedule's template variables, else a
+    SolverParameter field, else an error naming it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import train_layerwise
+
+    Path("net.prototxt").write_text(NET)
+    Path("solver.prototxt").write_text(
+        'net: "net.prototxt" test_iter: 2 test_interval: 100 base_lr: 0.05 lr_policy: "fixed" max_iter: 3\n'
+        'snapshot_prefix: "snap/set" solver_mode: CPU random_seed: 1\n'
+    )
+    Path("s.schedule").write_text('stage { name: "a" train: "ip1" max_iter: {{ steps }} }')
+    args = ["--solver", "solver.prototxt", "--schedule", "s.schedule", "--no-progress"]
+    assert train_layerwise.main([*args, "--set", "step=2"]) == 1
+    assert "unused --set 'step' (did you mean 'steps'?)" in capsys.readouterr().err
+    assert train_layerwise.main([*args, "--set", "steps=2", "--set", "random_seed=5"]) == 0
+    captured = capsys.readouterr()
+    assert "Setting random_seed = 5 from --set" in captured.err and "set_a_iter_2.caffemodel" in captured.out
+
+
 def test_freeze_keeps_specs_and_can_fix_batchnorm_statistics():
     from pipeline.prototxt import net_from_string
     from pipeline.transfer.netedit import freeze

@@ -182,3 +182,15 @@ def test_finetune_cli_checks_before_training(folder, capsys):
     assert "bottom blob 'fc7' is not produced" in capsys.readouterr().err
     assert tool.main(base + ["--replace-head", "ip2", "--head-iters", "2", "--full-iters", "2", "--no-progress"]) == 0
     assert "final weights: ft/x_full_iter_2.caffemodel" in capsys.readouterr().out
+
+
+def test_finetune_cli_refuses_a_set_nothing_reads(folder, capsys):
+    """--set names a template variable of the model (or of --solver and its net, else a solver field)."""
+    import finetune as tool
+
+    source_model()
+    Path("net.prototxt").write_text(NET)
+    base = ["--model", "net.prototxt", "--weights", "src.caffemodel", "--num-classes", "2", "--prefix", "ft/x"]
+    base += ["--replace-head", "ip2", "--head-iters", "1", "--full-iters", "0", "--no-progress"]
+    assert tool.main([*base, "--set", "nope=1"]) == 1
+    assert "unused --set 'nope': not a template variable of net.prototxt" in capsys.readouterr().err

@@ -52,7 +52,7 @@ def run(args) -> int:
     from pipeline.cli.train import SignalActions
     from pipeline.prototxt import read_net
     from pipeline.solvers import read_solver_param
-    from pipeline.template import parse_assignments
+    from pipeline.template import check_variables_used, parse_assignments, template_variables
     from pipeline.transfer import finetune
     from pipeline.transfer.layerwise import LayerwiseRun
 
@@ -62,12 +62,14 @@ def run(args) -> int:
     net = read_net(args.model, variables)
     prefix = args.prefix or f"runs/finetune/{net.name or Path(args.model).stem}"
     if args.solver:
-        solver, _ = read_solver_param(args.solver, variables)
+        # --set: the model's and the solver's template variables, else a solver field, else an error.
+        solver, _ = read_solver_param(args.solver, variables, set_fields=True, other_templates=[args.model])
         if args.prefix:
             solver.snapshot_prefix = args.prefix
         if args.test_iter:
             solver.test_iter[:] = [args.test_iter]
     else:
+        check_variables_used(variables, template_variables(args.model), [args.model])
         solver = finetune.default_solver(prefix, args.test_iter or 0, args.seed)
     Path(solver.snapshot_prefix).parent.mkdir(parents=True, exist_ok=True)
     recipe = finetune.Recipe(args.head_iters, args.head_lr, args.full_iters, args.full_lr)

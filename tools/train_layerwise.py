@@ -60,7 +60,8 @@ def run(args) -> int:
     setup_logging()
     log = get_logger()
     variables = parse_assignments(args.set)
-    param, _ = read_solver_param(args.solver, variables)
+    # --set: the solver's, its nets' and the schedule's template variables, else a solver field, else an error.
+    param, _ = read_solver_param(args.solver, variables, set_fields=True, other_templates=[args.schedule])
     schedule = read_schedule(args.schedule, variables)
     weights = [w for w in args.weights.split(",") if w]
     for item in args.weights_map:

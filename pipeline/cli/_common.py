@@ -7,7 +7,7 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.glog import get_logger
 from pipeline.net import Net, build_net
-from pipeline.template import parse_assignments
+from pipeline.template import check_variables_used, parse_assignments, template_variables
 from pipeline.weights import copy_weights
 
 
@@ -15,15 +15,27 @@ def device_from_flag(gpu: str | None) -> torch.device:
     if gpu is None or gpu == "":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise PipelineError(f"--gpu {gpu} asked for, but no CUDA device is available here")
-    return torch.device("cuda", 0 if gpu == "all" else int(gpu.split(",")[0]))
+        build = f"torch {torch.__version__} has no CUDA" if torch.version.cuda is None else "none found"
+        raise PipelineError(
+            f"--gpu {gpu} asked for, but no CUDA device is available here ({build}); leave out --gpu to run on the CPU"
+        )
+    try:
+        index = 0 if gpu == "all" else int(gpu.split(",")[0])
+    except ValueError:
+        raise PipelineError(f"--gpu expects a device id (0, 1, ...) or 'all', got {gpu!r}") from None
+    if not 0 <= index < torch.cuda.device_count():
+        raise PipelineError(f"--gpu {gpu}: there are {torch.cuda.device_count()} CUDA device(s) (ids from 0)")
+    return torch.device("cuda", index)
 
 
 def load_net(args, phase: str) -> Net:
     """Build `--model` in `phase` (overridden by `--phase`), then copy every `--weights` file into it."""
     log = get_logger()
     stages = [s for s in args.stage.split(",") if s]
-    net = build_net(args.model, args.phase or phase, parse_assignments(args.set), args.level, stages)
+    variables = parse_assignments(args.set)
+    # No solver here: a --set that the net template does not read is an error.
+    check_variables_used(variables, template_variables(args.model), [args.model])
+    net = build_net(args.model, args.phase or phase, variables, args.level, stages)
     for path in [w for w in args.weights.split(",") if w]:
         report = copy_weights(net, path)
         log.info("Copied %d layers from %s", len(report.copied), path)

@@ -10,11 +10,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
+
 from pipeline.errors import PipelineError, SolverError
 from pipeline.glog import get_logger
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
 from pipeline.prototxt import parse_text, read_text
+from pipeline.template import check_variables_used, template_variables
 from pipeline.upgrade import upgrade_net
 
 TYPE_OF_ENUM = {
@@ -27,15 +31,102 @@ TYPE_OF_ENUM = {
 }
 
 
-def read_solver_param(path: str | Path, variables: dict | None = None) -> tuple[caffe_pb2.SolverParameter, str]:
+def read_solver_param(
+    path: str | Path, variables: dict | None = None, set_fields: bool = False, other_templates=()
+) -> tuple[caffe_pb2.SolverParameter, str]:
     """Render and parse a solver prototxt, upgraded as Caffe's ReadSolverParamsFromTextFileOrDie does.
 
-    Returns the message and the rendered text (saved beside the snapshots by `train`).
+    Returns the message and the rendered text (saved beside the snapshots by `train`). With `set_fields` (the
+    command line's `--set`), each variable is a template variable first (of the solver, its net files or
+    `other_templates`); one that none of them reads sets the SolverParameter field of its name (`max_iter=20`,
+    logged as Caffe logs its flags); any other is an error naming it. The text then shows the fields set.
     """
     text = read_text(path, variables)
     param = parse_text(text, caffe_pb2.SolverParameter(), str(path))
+    if set_fields and variables:
+        used = template_variables(path).union(*(template_variables(t) for t in other_templates))
+        fields = {k: v for k, v in variables.items() if k not in used and k in SETTABLE_FIELDS}
+        # A net template reading the name wins over the field; the nets are those the fields' values name.
+        trial = _copy(param)
+        set_solver_fields(trial, fields, str(path))
+        net_files = _net_files(trial, str(path))
+        used = used.union(*(template_variables(f) for f in net_files))
+        fields = {k: v for k, v in fields.items() if k not in used}
+        templates = [str(path), *net_files, *map(str, other_templates)]
+        check_variables_used(variables, used, templates, set(SETTABLE_FIELDS), "SolverParameter")
+        if fields:
+            for name, shown in set_solver_fields(param, fields, str(path)).items():
+                get_logger().info("Setting %s = %s from --set", name, shown)
+            sets = ", ".join(f"{k}={v}" for k, v in variables.items() if k in fields)
+            text = f"# {path} rendered, with --set {sets}\n" + text_format.MessageToString(param)
     upgrade_solver(param, str(path))
     return param, text
+
+
+# Fields `--set` may set: every scalar (or repeated scalar) field of SolverParameter.
+SETTABLE_FIELDS = {
+    f.name: f
+    for f in caffe_pb2.SolverParameter.DESCRIPTOR.fields
+    if f.type not in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP)
+}
+
+
+def set_solver_fields(param: caffe_pb2.SolverParameter, values: dict, path: str = "<solver>") -> dict[str, str]:
+    """Set SolverParameter fields from `--set` values (a list for a repeated field); returns each as shown."""
+    shown = {}
+    for name, value in values.items():
+        field = SETTABLE_FIELDS[name]
+        repeated = field.is_repeated
+        items = list(value) if repeated and isinstance(value, (list, tuple)) else [value]
+        converted = [_field_value(field, item, path) for item in items]
+        if repeated:
+            getattr(param, name)[:] = converted
+        else:
+            setattr(param, name, converted[0])
+        names = [field.enum_type.values_by_number[v].name if field.enum_type else v for v in converted]
+        texts = [("true" if v else "false") if isinstance(v, bool) else str(v) for v in names]
+        shown[name] = ", ".join(texts) if repeated else texts[0]
+    return shown
+
+
+def _field_value(field, value, path: str):
+    def bad(expected: str) -> SolverError:
+        return SolverError(f"{path}: --set {field.name}={value!r}: {field.name} takes {expected}")
+
+    kind = field.cpp_type
+    if field.enum_type is not None:
+        by_name = {v.name.upper(): v.number for v in field.enum_type.values}
+        if isinstance(value, str) and value.upper() in by_name:
+            return by_name[value.upper()]
+        if isinstance(value, int) and not isinstance(value, bool) and value in field.enum_type.values_by_number:
+            return value
+        raise bad("one of " + ", ".join(v.name for v in field.enum_type.values))
+    if kind == FieldDescriptor.CPPTYPE_BOOL:
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise bad("true or false")
+    if kind == FieldDescriptor.CPPTYPE_STRING:
+        if isinstance(value, (list, tuple, dict, set)):
+            raise bad("a string")
+        return value if isinstance(value, str) else str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad("a number")
+    if kind in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE):
+        return float(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise bad("an integer")
+    if value < 0 and kind in (FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64):
+        raise bad("a non-negative integer")
+    return int(value)
+
+
+def _net_files(param: caffe_pb2.SolverParameter, solver_path: str) -> list[str]:
+    """The net files a solver names that exist (as `read_net_file` finds them)."""
+    names = [param.net] if param.HasField("net") else []
+    names += [param.train_net] if param.HasField("train_net") else []
+    names += list(param.test_net)
+    found = (resolve(name, solver_path) for name in dict.fromkeys(names))
+    return [str(p) for p in found if p.is_file()]
 
 
 def upgrade_solver(param: caffe_pb2.SolverParameter, path: str | None = None) -> caffe_pb2.SolverParameter:
