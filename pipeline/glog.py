@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 LOGGER_NAME = "pipeline"
@@ -30,10 +31,31 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
-def setup_logging(log_file: str | Path | None = None, stream=None, level: int = logging.INFO) -> logging.Logger:
-    """Log to the terminal (stderr, like glog) and, if given, to `log_file` (appended)."""
+class _EarlyRecords(logging.Handler):
+    """Keeps the lines logged before the log file is known, for `setup_logging(log_file)` to write first."""
+
+    def __init__(self, limit: int = 10000):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.limit = limit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < self.limit:
+            self.records.append(record)
+
+
+def setup_logging(
+    log_file: str | Path | None = None, stream=None, level: int = logging.INFO, keep_early: bool = False
+) -> logging.Logger:
+    """Log to the terminal (stderr, like glog) and, if given, to `log_file` (appended).
+
+    `keep_early` (without a file) remembers the lines logged until the next call names the log file, which then
+    starts with them, as a glog file holds every line of the run (`train` learns its file from the solver)."""
     logger = get_logger()
+    early: list[logging.LogRecord] = []
     for handler in list(logger.handlers):
+        if isinstance(handler, _EarlyRecords):
+            early = handler.records
         logger.removeHandler(handler)
         handler.close()
     formatter = GlogFormatter()
@@ -44,7 +66,35 @@ def setup_logging(log_file: str | Path | None = None, stream=None, level: int = 
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_file, mode="a")
         file_handler.setFormatter(formatter)
+        for record in early:
+            file_handler.handle(record)
         logger.addHandler(file_handler)
+    elif keep_early:
+        logger.addHandler(_EarlyRecords())
     logger.setLevel(level)
     logger.propagate = False
     return logger
+
+
+def log_fatal(exc: BaseException, message: str | None = None) -> None:
+    """Write a failure into the log files as glog's `F` line (Caffe's LOG(FATAL)/CHECK), at the place it was
+    raised: `F1207 20:01:02.123456 12345 nets.py:123] message`. The terminal is left to the caller's own one-line
+    error, so the message is not shown twice."""
+    logger = get_logger()
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = frames[-1] if frames else None
+    text = message if message is not None else (str(exc) or type(exc).__name__)
+    record = logger.makeRecord(
+        logger.name,
+        logging.CRITICAL,
+        where.filename if where else "?",
+        (where.lineno or 0) if where else 0,
+        "%s",
+        (text,),
+        None,
+    )
+    for handler in files:
+        handler.handle(record)

@@ -78,3 +78,56 @@ def test_weights_matching_no_layer_is_an_error(capsys, tmp_path, lenet_weights):
     )
     assert main(["test", "--model", str(other), "--weights", lenet_weights, "--iterations", "1"]) == 1
     assert "no layer of this file matches" in capsys.readouterr().err
+
+
+def test_caffe_single_dash_flags_become_ours():
+    """`caffe train -solver s -weights w -gpu 0`, gflags style (`-name value` or `-name=value`), for every flag the
+    verb has; negative numbers stay values, `-h` stays help, nothing after `--` changes."""
+    from pipeline.cli import build_parser, caffe_flags
+
+    parser = build_parser()
+    argv = ["train", "-solver", "s.prototxt", "-weights=a.caffemodel,b.caffemodel", "-snapshot", "x.solverstate"]
+    argv += ["-gpu", "0", "-sigint_effect", "none", "-sighup_effect=stop", "-level", "-1", "-stage", "a,b"]
+    args = parser.parse_args(caffe_flags(parser, argv))
+    assert (args.solver, args.weights, args.snapshot, args.gpu) == (
+        "s.prototxt",
+        "a.caffemodel,b.caffemodel",
+        "x.solverstate",
+        "0",
+    )
+    assert (args.sigint_effect, args.sighup_effect, args.level, args.stage) == ("none", "stop", -1, "a,b")
+    argv = ["test", "-model", "m.prototxt", "-weights", "w", "-iterations", "7", "-phase", "TRAIN", "-level=-2"]
+    args = parser.parse_args(caffe_flags(parser, argv))
+    assert (args.model, args.weights, args.iterations, args.phase, args.level) == ("m.prototxt", "w", 7, "TRAIN", -2)
+    assert caffe_flags(parser, ["time", "-model", "m", "--set", "x=-3", "-h"]) == [
+        "time",
+        "--model",
+        "m",
+        "--set",
+        "x=-3",
+        "-h",
+    ]
+    assert caffe_flags(parser, ["time", "--", "-model"]) == ["time", "--", "-model"]
+    assert caffe_flags(parser, ["time", "-nonsense", "-1.5"]) == ["time", "-nonsense", "-1.5"]
+
+
+def test_caffe_single_dash_flags_on_the_command_line(capsys):
+    rc = main(["time", "-model", LENET, "-set", "data=dummy", "-set=batch=2", "-iterations", "1", "-phase", "TRAIN"])
+    assert rc == 0 and "Average Forward pass:" in capsys.readouterr().err
+
+
+def test_unused_set_is_an_error_for_test_and_time(capsys):
+    """No solver here: a --set that the model template does not read is an error, with the nearest name."""
+    assert main(["time", "--model", LENET, "--set", "data=dummy", "--set", "bach=4", "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "unused --set 'bach' (did you mean 'batch'?): not a template variable of prototxt/lenet.prototxt" in err
+    assert main(["test", "--model", LENET, "--set", "data=dummy", "--set", "max_iter=4"]) == 1
+    assert "unused --set 'max_iter'" in capsys.readouterr().err
+
+
+def test_gpu_flag_without_cuda_is_a_clear_error(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["time", "--model", LENET, "--set", "data=dummy", "--gpu", "0", "--iterations", "1"]) == 1
+    assert "no CUDA device is available here" in capsys.readouterr().err

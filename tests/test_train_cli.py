@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -130,3 +131,101 @@ def test_sighup_snapshots_and_goes_on(folder, monkeypatch):
     assert train("--set", "iters=4") == 0
     names = os.listdir("snap")
     assert "tiny_iter_2.caffemodel" in names and "tiny_iter_4.caffemodel" in names
+
+
+# ----- --set: a template variable first, else the SolverParameter field of that name, else an error -------------
+PLAIN = SOLVER.replace("{{ lr | default(0.05) }}", "0.05").replace("{{ iters | default(6) }}", "6")
+
+
+def _log_text(folder) -> str:
+    return (folder / "snap" / next(n for n in os.listdir(folder / "snap") if n.endswith(".log"))).read_text()
+
+
+def test_set_overrides_the_fields_of_a_plain_solver(folder, capsys):
+    """A plain Caffe solver reads no variables: `--set max_iter=2` sets the field (logged, Caffe-style, in the
+    run's log file too), as do repeated and enum fields; the saved solver shows the values used."""
+    (folder / "solver.prototxt").write_text(PLAIN)
+    flags = ["max_iter=2", "snapshot=1", "test_iter=[1]", "test_interval=2", "solver_mode=cpu", "base_lr=1e-3"]
+    assert train(*[x for flag in flags for x in ("--set", flag)]) == 0
+    names = os.listdir("snap")
+    assert "tiny_iter_1.caffemodel" in names and "tiny_iter_2.caffemodel" in names
+    assert not any(n.startswith("tiny_iter_3") or n.startswith("tiny_iter_6") for n in names)
+    log = _log_text(folder)
+    for line in ("Setting max_iter = 2 from --set", "Setting test_iter = 1 from --set", "solver_mode = CPU"):
+        assert line in log
+    saved = (folder / "snap/tiny_solver.prototxt").read_text()
+    assert "max_iter: 2" in saved and "base_lr: 0.001" in saved and saved.startswith("# solver.prototxt rendered")
+    assert "Iteration 2, Testing net" in log
+
+
+def test_unused_set_is_an_error_with_a_suggestion(folder, capsys):
+    assert train("--set", "max_itr=2") == 1
+    err = capsys.readouterr().err
+    assert "unused --set 'max_itr' (did you mean 'max_iter'?)" in err
+    assert "solver.prototxt, net.prototxt nor a SolverParameter field" in err and "(they read: iters, lr)" in err
+    assert train("--set", "iter=2") == 1
+    assert "(did you mean 'iters'?)" in capsys.readouterr().err
+    assert not list((folder / "snap").glob("*.log"))  # nothing ran
+
+
+def test_a_net_template_variable_wins_over_the_solver_field(folder, capsys):
+    (folder / "net.prototxt").write_text(net_text() + "{% if momentum is defined %}# m{{ momentum }}{% endif %}\n")
+    assert train("--set", "momentum=0.5", "--set", "iters=1") == 0
+    assert "Setting momentum" not in capsys.readouterr().err
+    assert "momentum: 0.9" in (folder / "snap/tiny_solver.prototxt").read_text()
+    assert "# m0.5" in (folder / "snap/tiny_net.prototxt").read_text()
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("max_iter=abc", "max_iter takes a number"),
+        ("max_iter=2.5", "max_iter takes an integer"),
+        ("solver_mode=TPU", "solver_mode takes one of CPU, GPU"),
+        ("debug_info=yes", "debug_info takes true or false"),
+    ],
+)
+def test_bad_field_values_are_clear_errors(folder, capsys, flag, message):
+    (folder / "solver.prototxt").write_text(PLAIN)
+    assert train("--set", flag) == 1
+    assert message in capsys.readouterr().err
+
+
+# ----- a failed run's log ends with the failure, as a glog F line ------------------------------------------------
+def test_a_failed_run_ends_its_log_with_an_f_line(folder, capsys):
+    import re
+
+    (folder / "net.prototxt").write_text(net_text() + 'layer { name: "bad" type: "Nope" bottom: "data" top: "b" }\n')
+    assert train() == 1
+    err = capsys.readouterr().err
+    last = _log_text(folder).splitlines()[-1]
+    assert re.match(r"F\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+\.py:\d+\] ", last), last
+    assert "Nope" in last and "Nope" in err
+    assert not [line for line in err.splitlines() if line.startswith("F")]  # on the terminal once: "error: ..."
+
+
+def test_nan_loss_failure_is_the_logs_f_line(folder, capsys):
+    assert train("--set", "lr=1e30") == 1
+    last = _log_text(folder).splitlines()[-1]
+    assert last.startswith("F") and "the loss is" in last
+
+
+# ----- Caffe's single-dash flags, and the device ------------------------------------------------------------------
+def test_caffe_single_dash_flags_train(folder, capsys):
+    assert main(["train", "-solver", "solver.prototxt", "-set=iters=1", "-sighup_effect", "none"]) == 0
+    assert "tiny_iter_1.caffemodel" in os.listdir("snap")
+
+
+def test_solver_mode_gpu_without_cuda_runs_on_the_cpu_and_says_so(folder, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train("--set", "iters=1", "--set", "solver_mode=GPU") == 0
+    err = capsys.readouterr().err
+    assert "solver_mode is GPU but no CUDA device is available: running on the CPU" in err
+    assert "Use GPU" not in err
+    assert _log_text(folder).count("solver_mode is GPU but no CUDA device") == 1
+    shutil.rmtree(folder / "snap")
+    assert train("--gpu", "0") == 1
+    err = capsys.readouterr().err
+    assert "--gpu 0 asked for, but no CUDA device is available here" in err and "leave out --gpu" in err

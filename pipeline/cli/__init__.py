@@ -54,9 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def caffe_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Caffe's single-dash flags (`-solver x`, `-gpu=0`, as gflags takes them) as ours: `-name` or `-name=value`
+    becomes `--name` where the verb has that flag. Anything else stays, so `-1` is still a (negative) value and
+    `-h` is still help; nothing after `--` changes."""
+    verbs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if verbs is None or index is None or argv[index] not in verbs.choices:
+        return list(argv)
+    known = set(verbs.choices[argv[index]]._option_string_actions)
+    out = list(argv[: index + 1])
+    rest = iter(argv[index + 1 :])
+    for arg in rest:
+        if arg == "--":
+            out += [arg, *rest]
+            break
+        name, sep, value = arg.partition("=")
+        if not arg.startswith("--") and len(name) > 2 and "-" + name in known:
+            arg = "-" + name + sep + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(caffe_flags(parser, sys.argv[1:] if argv is None else argv))
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.cli import command
 from pipeline.cli._common import device_from_flag
 from pipeline.errors import PipelineError, SolverError
-from pipeline.glog import get_logger, setup_logging
+from pipeline.glog import get_logger, log_fatal, setup_logging
 from pipeline.solvers import read_solver_param, solver_class
 from pipeline.solvers.base import NONE, SNAPSHOT, STOP, fmt
 from pipeline.solvers.snapshot import check_writable
@@ -127,12 +127,11 @@ def save_rendered(prefix: str, solver_text: str, net_texts: dict[str, str]) -> l
 
 
 def run(args) -> int:
-    setup_logging()
-    log = get_logger()
+    setup_logging(keep_early=True)  # the lines logged before the log file is known open it
     if args.snapshot and args.weights:
         raise SolverError("give --snapshot to resume training or --weights to fine-tune, but not both")
     variables = parse_assignments(args.set)
-    param, solver_text = read_solver_param(args.solver, variables)
+    param, solver_text = read_solver_param(args.solver, variables, set_fields=True)
     if args.level:
         param.train_state.level = args.level
     for stage in (s for s in args.stage.split(",") if s):
@@ -146,6 +145,23 @@ def run(args) -> int:
     check_writable(prefix)
     log_file = f"{prefix}_train_{time.strftime('%Y%m%d-%H%M%S')}.log"
     setup_logging(log_file)
+    # From here a failure ends the log file as glog's F line (the terminal gets run_guarded's one-line error).
+    try:
+        return _train(args, param, solver_text, variables, log_file)
+    except PipelineError as exc:
+        log_fatal(exc)
+        raise
+    except KeyboardInterrupt as exc:
+        log_fatal(exc, "Interrupted (a second SIGINT): stopped at once, without a final snapshot")
+        raise
+    except Exception as exc:
+        log_fatal(exc, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _train(args, param, solver_text: str, variables: dict, log_file: str) -> int:
+    log = get_logger()
+    prefix = param.snapshot_prefix
     device = device_from_flag(args.gpu) if args.gpu is not None else None
     if device is not None:
         log.info("Use GPU with device ID %d", device.index or 0)
@@ -168,11 +184,7 @@ def run(args) -> int:
         solver.action_request = actions
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
-        try:
-            solver.solve(args.snapshot or None)
-        except PipelineError as exc:
-            log.error("%s", exc)
-            raise
+        solver.solve(args.snapshot or None)
     log.info("Optimization Done.")  # caffe.cpp's own, after the solver's
     print(f"log: {log_file}")
     report = report_for_solver(solver, log_file, solver_text, timer)

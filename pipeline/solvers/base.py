@@ -105,7 +105,15 @@ class Solver:
             raise SolverError(f"test_iter must be positive, got {list(p.test_iter)}")
 
     def _device_from_param(self) -> torch.device:
-        if self.param.solver_mode == caffe_pb2.SolverParameter.GPU and torch.cuda.is_available():
+        if self.param.solver_mode == caffe_pb2.SolverParameter.GPU:
+            if not torch.cuda.is_available():
+                self.log.warning("solver_mode is GPU but no CUDA device is available: running on the CPU")
+                return torch.device("cpu")
+            if self.param.device_id >= torch.cuda.device_count():
+                raise SolverError(
+                    f"solver_mode is GPU with device_id {self.param.device_id}, but there are only "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
+                )
             self.log.info("Use GPU with device ID %d", self.param.device_id)
             return torch.device("cuda", self.param.device_id)
         self.log.info("Use CPU.")
