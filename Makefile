@@ -72,7 +72,7 @@ STORY_FLAGS = $(if $(HIDDEN),--student-hidden $(HIDDEN)) $(if $(TEMPERATURE),--t
 train: $(STAMP)
 	@if [ -z "$(SOLVER)" ]; then $(PY) tools/teacher_student_story.py $(strip $(STORY_FLAGS)); else \
 	  $(PY) tools/make_data.py && $(PY) -m pipeline train --solver $(SOLVER) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
-	  $(if $(WEIGHTS_MAP),--weights-map '$(WEIGHTS_MAP)') $(foreach s,$(SET),--set $(s)); fi
+	  $(if $(WEIGHTS_MAP),--weights-map '$(WEIGHTS_MAP)') $(foreach s,$(SET),--set '$(s)'); fi
 
 MNIST_DIR ?=
 CIFAR_DIR ?=
@@ -93,8 +93,9 @@ LOG ?=
 plot: $(STAMP)
 	$(PY) tools/plot_training_log.py $(LOG) -o $(basename $(firstword $(LOG))).png -o $(basename $(firstword $(LOG))).svg
 
+# make time MODEL=prototxt/lenet.prototxt [ITERS=50] [SET="batch=32"] (the zoo's nets read the data make data builds)
 time: $(STAMP)
-	$(PY) -m pipeline.cli time --model $(MODEL) --iterations $(ITERS)
+	$(PY) tools/make_data.py && $(PY) -m pipeline time --model $(MODEL) --iterations $(ITERS) $(foreach s,$(SET),--set '$(s)')
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
