@@ -1,1 +1,1 @@
-"""Custom torch ops of this project (C++, built on first use and cached by torch.utils.cpp_extension)."""
+"""Custom torch ops of this project (C++, built by pipeline/ops/build.py at `make setup` or first use, cached)."""

@@ -1,4 +1,5 @@
-"""Caffe's CPU arithmetic as C++ ops (`pipeline/csrc/caffe_cpu.cpp`, `caffe_conv.cpp`, built on first use, cached):
+"""Caffe's CPU arithmetic as C++ ops (`pipeline/csrc/caffe_cpu.cpp`, `caffe_conv.cpp`; built and cached by
+pipeline/ops/build.py at `make setup` or first use):
 
 - `torch.ops.caffe_pipeline.softmax_label_loss`: SoftmaxWithLoss's common case, one fused op each way. Where
   the library cannot be built (no compiler) the layer falls back to its ATen formulation, once warned: same
@@ -20,7 +21,7 @@ import warnings
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.ops.build import build_op_library
+from pipeline.ops.build import CAFFE_CPU, build_op_library
 
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
@@ -35,12 +36,7 @@ def available() -> bool:
         if "ready" not in _state:
             try:
                 # No fast-math here: the division and summation order are Caffe's arithmetic.
-                build_op_library(
-                    "caffe_pipeline_caffe_cpu",
-                    ["caffe_cpu.cpp", "caffe_conv.cpp"],
-                    ["-O2", "-std=c++17"],
-                    "Caffe CPU arithmetic ops",
-                )
+                build_op_library(CAFFE_CPU)
                 _register_fake_kernels()
                 _state["ready"] = True
             except PipelineError as exc:

@@ -1,8 +1,9 @@
 """The fused distillation loss op `torch.ops.caffe_pipeline.distill_loss` and its fake kernels.
 
 The C++ source (`pipeline/csrc/distill.cpp`) defines the schema, a fused CPU kernel, a composite ATen kernel
-for CUDA and the autograd (its own backward op); it is compiled once by torch.utils.cpp_extension and cached
-(TORCH_EXTENSIONS_DIR). The fake kernels, for torch.compile and torch.export, are registered here.
+for CUDA and the autograd (its own backward op); pipeline/ops/build.py compiles it (at `make setup`, else at
+first use) and caches it per source, flags, compiler and CPU. The fake kernels, for torch.compile and
+torch.export, are registered here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.ops.build import build_op_library
+from pipeline.ops.build import DISTILL, build_op_library
 
 MODES = {"KL": 0, "LOGIT_MATCHING": 1}
 NORMALIZATIONS = {"FULL": 0, "VALID": 1, "BATCH_SIZE": 2, "NONE": 3}
@@ -29,12 +30,7 @@ def load_library() -> None:
     with _lock:
         if _loaded:
             return
-        build_op_library(
-            "caffe_pipeline_distill",
-            "distill.cpp",
-            ["-O3", "-std=c++17", "-ffast-math", "-fopenmp-simd", "-march=native"],
-            "distillation op",
-        )
+        build_op_library(DISTILL)
         _register_python_kernels()
         _loaded = True
 
