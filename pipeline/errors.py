@@ -21,11 +21,16 @@ class TemplateError(PipelineError):
 class NetBuildError(PipelineError):
     """A net that cannot be built: names the layer (and blob, shapes) at fault."""
 
-    def __init__(self, message: str, layer: str | None = None, layer_type: str | None = None):
-        self.layer, self.layer_type = layer, layer_type
+    def __init__(
+        self, message: str, layer: str | None = None, layer_type: str | None = None, location: str | None = None
+    ):
+        """`location`: where the layer was written (`lenet.prototxt:42`), when the net came from a text."""
+        self.layer, self.layer_type, self.location, self.detail = layer, layer_type, location, message
         prefix = f"layer '{layer}' ({layer_type}): " if layer is not None and layer_type else ""
         if layer is not None and not layer_type:
             prefix = f"layer '{layer}': "
+        if location:
+            prefix = f"{location}: {prefix}"
         super().__init__(prefix + message)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import pipeline.layers  # noqa: F401  (registers every layer type)
-from pipeline import caffe_blas
+from pipeline import caffe_blas, source_map
 from pipeline.caffe_rng import CaffeRNG
 from pipeline.errors import NetBuildError, PipelineError
 from pipeline.layers.base import TEST, TRAIN, Layer, check_counts
@@ -95,7 +95,6 @@ class Net(nn.Module):
         self.name = param.name
         self.state = net_state(param, phase, level, stages)
         self.phase = phase
-        self.param = insert_splits(filter_net(param, self.state))
         self.force_backward = param.force_backward
         self.layers = nn.ModuleList()
         self.layer_by_name: dict[str, Layer] = {}
@@ -110,14 +109,47 @@ class Net(nn.Module):
         # A seeded net in the bit-exact mode fills its blobs from Caffe's own random stream.
         if filler_rng is None and seed is not None and caffe_blas.is_on():
             filler_rng = CaffeRNG(seed)
-        for layer_param in self.param.layer:
-            self._append_layer(layer_param, generator, filler_rng)
-        self._share_params()
-        self.learnable_params = self._collect_learnable()
-        self._plan_backward()
+        written = param
+        self._building: int | None = None  # index in self.param.layer of the layer being set up
+        self._origins: list[int] = []
+        self._split_sources: dict[str, str] = {}
+        try:
+            written = filter_net(param, self.state)
+            self.param = insert_splits(written)
+            self._origins, self._split_sources = _split_origins(written, self.param)
+            for k, layer_param in enumerate(self.param.layer):
+                self._building = k
+                self._append_layer(layer_param, generator, filler_rng)
+            self._building = None
+            self._share_params()
+            self.learnable_params = self._collect_learnable()
+            self._plan_backward()
+        except NetBuildError as exc:
+            raise self._as_written(exc, written) from None
         self._plan_soft_target_caches()
 
     # ----- building ----------------------------------------------------------------------------------
+    def _as_written(self, exc: NetBuildError, written: caffe_pb2.NetParameter) -> NetBuildError:
+        """`exc` as the user wrote the net: the file:line of the layer at fault (when the net came from a
+        prototxt parsed here), and blob names as written rather than the Split copies Caffe's builder reads."""
+        if exc.location is not None or exc.layer is None:
+            return exc
+        if self._building is not None and self._building < len(self._origins):
+            index = self._origins[self._building]
+        else:
+            index = next((i for i, layer in enumerate(written.layer) if layer.name == exc.layer), None)
+        location = source_map.locate(written.layer, index) if index is not None else None
+        detail = exc.detail
+        for split in sorted(self._split_sources, key=len, reverse=True):
+            detail = detail.replace(split, self._split_sources[split])
+        if location is None and detail == exc.detail:
+            return exc
+        where = None if location is None else str(location)
+        try:  # the same class (a LayerDataError stays a DataError too)
+            return type(exc)(detail, exc.layer, exc.layer_type, where)
+        except TypeError:
+            return NetBuildError(detail, exc.layer, exc.layer_type, where)
+
     def _append_layer(
         self, layer_param: caffe_pb2.LayerParameter, generator: torch.Generator, filler_rng: CaffeRNG | None = None
     ) -> None:
@@ -389,6 +421,22 @@ class Net(nn.Module):
     def extra_repr(self) -> str:
         phase = caffe_pb2.Phase.Name(self.phase)
         return f"name={self.name!r}, phase={phase}, inputs={self.input_names}, outputs={self.output_names}"
+
+
+def _split_origins(written: caffe_pb2.NetParameter, split: caffe_pb2.NetParameter) -> tuple[list[int], dict[str, str]]:
+    """For each layer of `split` (= insert_splits(written)), the index of its layer in `written` (an inserted
+    Split: its producer's); and each inserted Split top -> the blob it copies, as written."""
+    origins: list[int] = []
+    sources: dict[str, str] = {}
+    i = 0
+    for layer in split.layer:
+        if i < len(written.layer) and layer.name == written.layer[i].name and layer.type == written.layer[i].type:
+            origins.append(i)
+            i += 1
+        else:
+            origins.append(max(i - 1, 0))
+            sources.update(dict.fromkeys(layer.top, layer.bottom[0]))
+    return origins, sources
 
 
 def _as_tensor(value) -> torch.Tensor:

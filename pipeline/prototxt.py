@@ -8,6 +8,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from pipeline import source_map
 from pipeline.errors import PrototxtError
 from pipeline.proto import caffe_pb2
 from pipeline.template import render_file, render_text
@@ -16,8 +17,12 @@ _UNKNOWN_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"
 _UNKNOWN_ENUM = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
 
 
-def parse_text(text: str, message, path: str = "<string>"):
-    """Parse prototxt text into `message` (an instance), raising PrototxtError on any problem."""
+def parse_text(text: str, message, path: str = "<string>", template: str | None = None):
+    """Parse prototxt text into `message` (an instance), raising PrototxtError on any problem.
+
+    A net's text is remembered (pipeline/source_map.py) so that net-build errors can name the file:line of the
+    layer at fault; `template` is the text it was rendered from where that is not the file at `path`.
+    """
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
@@ -28,6 +33,8 @@ def parse_text(text: str, message, path: str = "<string>"):
         if layer:
             detail = f"in layer '{layer}': {detail}"
         raise PrototxtError(detail, path, line, column) from None
+    if isinstance(message, caffe_pb2.NetParameter):
+        source_map.remember(path, text, template)
     return message
 
 
@@ -116,4 +123,4 @@ def net_from_string(text: str, variables: dict | None = None, path: str = "<stri
     from pipeline.upgrade import upgrade_net
 
     rendered = render_text(text, variables, path)
-    return upgrade_net(parse_text(rendered, caffe_pb2.NetParameter(), path), path)
+    return upgrade_net(parse_text(rendered, caffe_pb2.NetParameter(), path, template=text), path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from pipeline.errors import NetBuildError
 
 _LAYERS: dict[str, type] = {}
@@ -28,7 +30,20 @@ def layer_class(type_name: str, layer_name: str = "?"):
         return _LAYERS[type_name]
     except KeyError:
         known = ", ".join(sorted(_LAYERS))
-        raise NetBuildError(f"unknown layer type '{type_name}'. Known types: {known}", layer_name) from None
+        close = closest_types(type_name)
+        hint = f" (did you mean {', '.join(repr(t) for t in close)}?)" if close else ""
+        raise NetBuildError(
+            f"unknown layer type '{type_name}'{hint}. Known types: {known}", layer_name, type_name or "''"
+        ) from None
+
+
+def closest_types(type_name: str, n: int = 3) -> list[str]:
+    """The registered types nearest to a misspelt one (case ignored: `relu` finds ReLU first)."""
+    by_lower: dict[str, list[str]] = {}
+    for name in sorted(_LAYERS):
+        by_lower.setdefault(name.lower(), []).append(name)
+    close = difflib.get_close_matches(type_name.lower(), list(by_lower), n=n, cutoff=0.6)
+    return [name for lower in close for name in by_lower[lower]][:n]
 
 
 def known_types() -> list[str]:
