@@ -131,3 +131,39 @@ def test_cli_baseline_and_errors(folder, capsys):
     assert tool.main(args + ["--classifier", "linear_svm"]) == 0
     assert tool.main(base + ["--blobs", "fc7", "--output", "g.npz"]) == 1
     assert "no blob named 'fc7'" in capsys.readouterr().err and not Path("g.npz").exists()
+
+
+def _lmdb_items(path: str) -> list[tuple[bytes, bytes]]:
+    import lmdb
+
+    env = lmdb.open(path, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return list(txn.cursor())
+    finally:
+        env.close()
+
+
+def test_cli_caffe_positional_form_writes_what_the_flags_write(folder, capsys):
+    import extract_features as tool
+
+    Path("net.prototxt").write_text(NET)
+    # BVLC: extract_features pretrained_net_param feature_extraction_proto_file blobs datasets num_mini_batches db_type
+    assert tool.main(["w.caffemodel", "net.prototxt", "ip1,ip2", "pos_ip1,pos_ip2", "3", "lmdb", "CPU"]) == 0
+    flags = ["--model", "net.prototxt", "--weights", "w.caffemodel", "--blobs", "ip1,ip2", "--iterations", "3"]
+    assert tool.main(flags + ["--output", "flag_ip1,flag_ip2", "--format", "lmdb", "--no-progress"]) == 0
+    for blob in ("ip1", "ip2"):
+        positional, flagged = _lmdb_items(f"pos_{blob}"), _lmdb_items(f"flag_{blob}")
+        assert len(positional) == ROWS["test"] and positional == flagged  # 3 batches of 8, cut to the 20 rows
+    capsys.readouterr()
+    assert tool.main(["w.caffemodel", "net.prototxt", "ip1", "x", "3", "leveldb"]) == 1
+    assert "db_type leveldb is not supported" in capsys.readouterr().err
+    assert tool.main(["w.caffemodel", "net.prototxt", "ip1,ip2", "x", "3", "lmdb"]) == 1
+    assert "the number of blob names and dataset names must be equal" in capsys.readouterr().err
+    assert tool.main(["w.caffemodel", "net.prototxt", "ip1", "x", "three", "lmdb"]) == 1
+    assert "num_mini_batches must be a whole number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.parse_args(["w.caffemodel", "net.prototxt", "ip1"])
+    args = tool.parse_args(["w.caffemodel", "net.prototxt", "ip1", "x", "3", "lmdb", "GPU", "1", "--no-progress"])
+    got = (args.gpu, args.model, args.weights, args.output, args.progress)
+    assert got == ("1", "net.prototxt", "w.caffemodel", "x", False)

@@ -9,6 +9,13 @@ Baseline in one command (features of the TRAIN data to fit, of the TEST data to 
 Classify features saved earlier:
     tools/extract_features.py --train-features a.npz --test-features b.npz --blobs fc7 --classifier logreg
 
+Caffe's positional form (BVLC tools/extract_features.cpp) works too, and writes the same LMDBs as the flags:
+    tools/extract_features.py pretrained_net_param feature_extraction_proto_file \
+        extract_feature_blob_name1[,name2,...] save_feature_dataset_name1[,name2,...] num_mini_batches db_type \
+        [CPU/GPU] [DEVICE_ID=0] [--flags...]
+    = --weights W --model M --blobs B --output D --iterations N --format lmdb [--gpu DEVICE_ID]
+    db_type: lmdb (leveldb is not supported: no LevelDB binding here); one dataset per blob, as Caffe checks.
+
 Without --iterations one pass over the data is taken when its size is known (LMDB, single HDF5 file, MemoryData).
 Exit status: 0 done, 1 bad input (a blob the net lacks, a missing file, ...).
 """
@@ -22,11 +29,64 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.cli import run_guarded  # noqa: E402
 
+CAFFE_USAGE = (
+    "extract_features pretrained_net_param feature_extraction_proto_file extract_feature_blob_name1[,name2,...] "
+    "save_feature_dataset_name1[,name2,...] num_mini_batches db_type [CPU/GPU] [DEVICE_ID=0]"
+)
+
 
 def parse_args(argv):
+    """The flag form, or Caffe's positional one (leading arguments that are not flags), as the same namespace."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    n = 0
+    while n < min(len(argv), 8) and not argv[n].startswith("-"):
+        n += 1
+    if n == 0:
+        args = parser.parse_args(argv)
+        args.db_type = args.num_mini_batches = None
+        return args
+    given = argv[:n]
+    if n < 6:
+        parser.error(f"Caffe's positional form takes 6 to 8 arguments (see usage above), got {n}")
+    flags = ["--weights", given[0], "--model", given[1], "--blobs", given[2], "--output", given[3]]
+    args = parser.parse_args(flags + argv[n:])
+    args.num_mini_batches, args.db_type = given[4], given[5]
+    if n > 6 and given[6] == "GPU":  # as Caffe: anything but GPU is the CPU
+        args.gpu = given[7] if n > 7 else "0"
+    return args
+
+
+def _caffe_positional(args) -> None:
+    """Check the positional form's arguments as Caffe's tool does, and turn them into the flag form's."""
+    from pipeline.transfer.netedit import TransferError
+
+    if args.db_type == "leveldb":
+        raise TransferError(
+            "db_type leveldb is not supported (no LevelDB binding is installed here): use lmdb, which Caffe reads "
+            "the same way, or the flag form's .npy/.npz/.h5 outputs"
+        )
+    if args.db_type != "lmdb":
+        raise TransferError(f"unknown db_type '{args.db_type}' (Caffe's are lmdb and leveldb)")
+    try:
+        args.iterations = int(args.num_mini_batches)
+    except ValueError:
+        raise TransferError(f"num_mini_batches must be a whole number, got '{args.num_mini_batches}'") from None
+    blobs = [b for b in args.blobs.split(",") if b]
+    datasets = [d for d in args.output.split(",") if d]
+    if len(blobs) != len(datasets):
+        raise TransferError(
+            f"the number of blob names and dataset names must be equal ({len(blobs)} blobs, {len(datasets)} datasets)"
+        )
+    args.format = "lmdb"
+
+
+def _parser() -> argparse.ArgumentParser:
     from pipeline.transfer.features import CLASSIFIERS, FORMATS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], usage=f"%(prog)s --model M --blobs B ... | {CAFFE_USAGE}"
+    )
     parser.add_argument("--model", default=None, help="net prototxt (may be a Jinja template)")
     parser.add_argument("--weights", default="", help="comma-separated caffemodels")
     parser.add_argument("--blobs", required=True, help="comma-separated blob names")
@@ -45,7 +105,7 @@ def parse_args(argv):
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="template variable")
     parser.add_argument("--gpu", default=None, help="GPU id; CPU when absent")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    return parser.parse_args(argv)
+    return parser
 
 
 def _suffixed(outputs: list[str], tag: str) -> list[str]:
@@ -66,6 +126,8 @@ def run(args) -> int:
 
     setup_logging()
     log = get_logger()
+    if args.db_type is not None:
+        _caffe_positional(args)
     blobs = [b for b in args.blobs.split(",") if b]
     outputs = [o for o in args.output.split(",") if o]
     if args.train_features or args.test_features:
