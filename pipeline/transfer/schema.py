@@ -12,6 +12,9 @@ caffe.proto, which stays Caffe's schema. They reuse Caffe's messages where one f
       aux_head { bottom: "pool1" num_output: 10 }
     }
     stage { name: "all" train_all: true max_iter: 2000 base_lr: 0.001 }
+
+Every field is described in README.md ("Layer-at-a-time schedules"); a worked example runnable on the data
+`make train` builds: examples/lenet_layerwise.schedule.
 """
 
 from __future__ import annotations
