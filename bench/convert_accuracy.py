@@ -115,14 +115,14 @@ def test_set(spec: RealModel, shared: Path = SHARED) -> tuple[np.ndarray, np.nda
 
 
 def convert_model(spec: RealModel, out_dir: Path, to: str, shared: Path = SHARED):
-    from pipeline.export.convert import ConvertRequest, convert
+    from pipeline.export.convert import FORMATS, ConvertRequest, convert
 
     folder = shared / "caffe-models"
     request = ConvertRequest(
         model=folder / spec.model,
         weights=[folder / spec.weights],
         to=to,
-        out=out_dir / f"{spec.name}.{'safetensors' if to == 'pt' else to}",
+        out=out_dir / (spec.name + FORMATS[to]),
         input_shapes=dict(spec.input_shapes),
     )
     return convert(request)
@@ -142,7 +142,7 @@ def accuracies(spec: RealModel, shared: Path = SHARED, work: Path | None = None)
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         start = time.perf_counter()
-        pt = convert_model(spec, Path(tmp), "pt", shared).out
+        pt = convert_model(spec, Path(tmp), "safetensors", shared).out
         onnx_result = convert_model(spec, Path(tmp), "onnx", shared)
         convert_seconds = time.perf_counter() - start
         data, labels = test_set(spec, shared)

@@ -125,7 +125,7 @@ def _run_child(*args: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="where the generated caffemodel and outputs go")
-    parser.add_argument("--formats", default="pt,caffemodel,h5,onnx", help="comma-separated --to formats")
+    parser.add_argument("--formats", default="safetensors,pt,caffemodel,h5,onnx", help="comma-separated --to formats")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -1,17 +1,20 @@
-"""Weights in and out: .caffemodel (binary NetParameter), .caffemodel.h5 (Caffe's HDF5 layout), .npz, and
-.binaryproto means.
+"""Weights in and out: .caffemodel (binary NetParameter), .caffemodel.h5 (Caffe's HDF5 layout), safetensors,
+torch state dicts (torch.save), .npz, and .binaryproto means.
 
+Which reader a weights file gets is decided by its content (pipeline/weights_format.py), not its name.
 Copying follows Caffe's Net::CopyTrainedLayersFrom: by layer name; a file layer the net lacks is reported
 and skipped; a blob count or shape mismatch is an error naming the file, layer and blob. Binary caffemodels
 are streamed (pipeline/caffemodel_io.py): the floats go from the file into the net's tensors one blob at a
 time. Writing follows Net::ToProto / Net::ToHDF5. Every failure is a WeightsError naming the file; no reader
-unpickles anything.
+unpickles anything (torch files go through torch.load's weights_only loader, which rebuilds only tensors and
+plain containers).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,16 +24,30 @@ from google.protobuf.message import DecodeError
 
 from pipeline.blobs import BlobRef, array_to_blob, blob_shape, blob_to_array, has_legacy_shape, shape_equals
 from pipeline.caffemodel_io import (
+    layer_blob_shape,
     parse_caffemodel,
     read_caffemodel,
     scan_caffemodel,
+    scan_caffemodel_layers,
     upgrade_caffemodel,
     write_caffemodel,
 )
 from pipeline.errors import WeightsError
 from pipeline.fileio import atomic_write, atomic_writer
 from pipeline.proto import caffe_pb2
+from pipeline.weights_format import (
+    HDF5,
+    NPZ,
+    SAFETENSORS,
+    TORCH,
+    NamedBlobs,
+    group_keys,
+    layer_blob_names,
+    name_hint,
+    weights_format,
+)
 from pipeline.weights_h5 import H5Blob, H5Layer, open_hdf5_layers, read_hdf5_weights, write_hdf5
+from pipeline.weights_safetensors import SafetensorsBlob, open_safetensors_layers
 
 __all__ = [
     "CopyReport",
@@ -46,9 +63,12 @@ __all__ = [
     "read_hdf5_weights",
     "read_mean",
     "read_npz_weights",
+    "read_torch_weights",
+    "read_weight_arrays",
     "save_caffemodel",
     "save_caffemodel_h5",
     "upgrade_caffemodel",
+    "weights_format",
 ]
 
 log = logging.getLogger("pipeline")
@@ -68,41 +88,104 @@ def read_caffemodel_blobs(path: str | Path) -> list[tuple[str, list[BlobRef]]]:
 
 
 def layer_arrays_from_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
-    """Every layer that has blobs: its blobs as float32 arrays in their stored shapes."""
+    """Every layer that has blobs: its blobs as float32 arrays in the shapes the layer's blobs have, which is
+    how Caffe's net.save() writes them: an old file's legacy 4-D shapes are upgraded (a V1 InnerProduct weight
+    stored as [1, 1, 500, 800] comes back [500, 800], its bias [500]), other shapes stay as stored."""
     result = {}
-    for name, blobs in scan_caffemodel(path):
+    for name, kind, blobs in scan_caffemodel_layers(path):
         if blobs:
-            result[name] = [_read_array(path, name, i, blob) for i, blob in enumerate(blobs)]
+            arrays = []
+            for i, blob in enumerate(blobs):
+                array = _read_array(path, name, i, blob)
+                arrays.append(array.reshape(layer_blob_shape(kind, i, array.shape, blob.legacy)))
+            result[name] = arrays
     return result
 
 
 def _read_array(origin, name: str, index: int, blob) -> np.ndarray:
     try:
-        return blob.read() if not isinstance(blob, caffe_pb2.BlobProto) else blob_to_array(blob)
-    except (ValueError, OSError) as exc:
+        if isinstance(blob, caffe_pb2.BlobProto):
+            return blob_to_array(blob)
+        if isinstance(blob, torch.Tensor):
+            return blob.detach().to("cpu", torch.float32).numpy()
+        return blob.read()
+    except (ValueError, OSError, RuntimeError) as exc:
         raise WeightsError(f"{origin}: layer '{name}' blob {index}: {exc}") from None
+
+
+def read_weight_arrays(path: str | Path) -> dict[str, list[np.ndarray | None]]:
+    """Every layer with blobs as float32 arrays, in file order, whatever the format (by content): a caffemodel's
+    in the layers' blob shapes (see layer_arrays_from_caffemodel); HDF5 with None for a blob shared with an
+    earlier layer and stored by it only; tensor files keyed "<layer>.<blob name>" in the file's blob order."""
+    path = Path(path)
+    kind = weights_format(path)
+    if kind == HDF5:
+        return read_hdf5_weights(path)
+    if kind == NPZ:
+        return {name: _as_list(blobs) for name, blobs in read_npz_weights(path).items()}
+    if kind in (SAFETENSORS, TORCH):
+        with _tensor_layers(path, kind) as layers:
+            return {
+                name: [_read_array(path, name, i, b) for i, b in enumerate(_as_list(blobs))]
+                for name, blobs in layers.items()
+                if blobs
+            }
+    with _caffemodel_errors(path):
+        return layer_arrays_from_caffemodel(path)
+
+
+def _as_list(blobs) -> list:
+    return list(blobs.values()) if isinstance(blobs, NamedBlobs) else list(blobs)
 
 
 def read_npz_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Arrays keyed "<layer>/<index>" (the reference weights.npz layout; layer names may contain '/')."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            grouped: dict[str, dict[int, np.ndarray]] = {}
-            for key in npz.files:
-                layer, _, index = key.rpartition("/")
-                if not layer or not index.isdigit():
-                    raise WeightsError(f"{path}: key '{key}' is not '<layer>/<blob index>'")
-                grouped.setdefault(layer, {})[int(index)] = npz[key]
+            return group_keys(path, ((key, npz[key]) for key in npz.files))
     except WeightsError:
         raise
     except Exception as exc:  # np.load raises OSError, ValueError, BadZipFile, EOFError... on a bad file
         raise WeightsError(f"{path}: not a readable .npz of weights: {exc}") from None
-    result = {}
-    for layer, blobs in grouped.items():
-        if sorted(blobs) != list(range(len(blobs))):
-            raise WeightsError(f"{path}: layer '{layer}': blob indices {sorted(blobs)} are not 0..{len(blobs) - 1}")
-        result[layer] = [blobs[i] for i in range(len(blobs))]
-    return result
+
+
+def read_torch_weights(path: str | Path) -> dict[str, list[torch.Tensor] | NamedBlobs]:
+    """A torch.save'd state dict ({"<layer>.<blob name>" or "<layer>/<i>": tensor}) grouped by layer.
+
+    Read with torch.load(weights_only=True): torch's restricted unpickler, which rebuilds tensors and plain
+    containers only (no code runs); memory-mapped for zip files, so the tensors stay in the file until copied."""
+    try:
+        if str(path).endswith(".safetensors"):  # torch.load would take the name's word for it: give it the bytes
+            with open(path, "rb") as f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch.load raises pickle, zip, runtime and type errors on a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a readable torch file (torch.load, weights_only): {first}") from None
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict ({{name: tensor}})")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            inner = " (a checkpoint? save its model's state_dict alone)" if isinstance(value, Mapping) else ""
+            raise WeightsError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor: not a state dict{inner}"
+            )
+        if not value.dtype.is_floating_point:
+            raise WeightsError(f"{path}: tensor '{key}' is {value.dtype}, not a float type")
+    return group_keys(path, state.items())
+
+
+def _is_zip(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _tensor_layers(path, kind):
+    """A context manager yielding {layer: blobs} of a safetensors or torch file."""
+    return open_safetensors_layers(path) if kind == SAFETENSORS else nullcontext(read_torch_weights(path))
 
 
 def read_mean(path: str | Path) -> np.ndarray:
@@ -135,15 +218,34 @@ def read_mean(path: str | Path) -> np.ndarray:
 def copy_weights(net, path: str | Path, rename: dict[str, str] | None = None) -> CopyReport:
     """Fill `net`'s layer blobs from a weights file by layer name (`rename` maps file names to net names).
 
-    .caffemodel.h5/.h5: Caffe's HDF5 layout; .npz: "<layer>/<i>" arrays; anything else: a binary caffemodel.
+    The format comes from the file's content (weights_format): Caffe's HDF5 layout, safetensors, a torch state
+    dict, .npz arrays, else a binary caffemodel. Tensor files are keyed "<layer>.<blob name>" or "<layer>/<i>".
     """
     path = Path(path)
-    if path.suffix in (".h5", ".hdf5"):
+    kind = weights_format(path)
+    if kind == HDF5:
         with open_hdf5_layers(path) as layers:
             return copy_layer_blobs(net, layers, str(path), rename)
-    if path.suffix == ".npz":
+    if kind == NPZ:
         return copy_layer_blobs(net, read_npz_weights(path), str(path), rename)
-    return copy_layer_blobs(net, scan_caffemodel(path), str(path), rename)
+    if kind in (SAFETENSORS, TORCH):
+        with _tensor_layers(path, kind) as layers:
+            return copy_layer_blobs(net, layers, str(path), rename)
+    with _caffemodel_errors(path):
+        layers = scan_caffemodel(path)
+    return copy_layer_blobs(net, layers, str(path), rename)
+
+
+@contextmanager
+def _caffemodel_errors(path):
+    """A file read as a caffemodel that is none: its error says what the file's name claimed it was."""
+    try:
+        yield
+    except WeightsError as exc:
+        hint = name_hint(path)
+        if not hint:
+            raise
+        raise WeightsError(f"{exc}{hint}") from None
 
 
 def shared_non_owners(net) -> set[tuple[str, int]]:
@@ -176,6 +278,8 @@ def copy_layer_blobs(
             log.info("Ignoring source layer %s", file_name)
             continue
         targets = layer.blobs
+        if isinstance(blobs, NamedBlobs):
+            blobs = _by_blob_name(origin, name, layer, blobs)
         if isinstance(blobs, H5Layer):
             if blobs.links > len(targets):
                 raise WeightsError(
@@ -204,6 +308,18 @@ def copy_layer_blobs(
     return report
 
 
+def _by_blob_name(origin: str, name: str, layer, blobs: NamedBlobs) -> list:
+    """A file layer's {blob name: blob} in the order of the net layer's blobs."""
+    names = layer_blob_names(layer)
+    unknown = [key for key in blobs if key not in names]
+    if unknown or len(blobs) != len(names):
+        raise WeightsError(
+            f"{origin}: layer '{name}': incompatible blobs: file has {', '.join(blobs) or 'none'}, net's "
+            f"{layer.type_name} layer has {', '.join(names) or 'none'}"
+        )
+    return [blobs[key] for key in names]
+
+
 def _copy_blob(origin: str, name: str, index: int, target: torch.Tensor, blob) -> None:
     where = f"{origin}: layer '{name}' blob {index}"
     wanted = tuple(target.shape)
@@ -221,10 +337,15 @@ def _copy_blob(origin: str, name: str, index: int, target: torch.Tensor, blob) -
                 blob.read_into(target)
                 return
             array = blob_to_array(blob)
-        elif isinstance(blob, H5Blob):
-            if blob.shape != wanted:
-                raise WeightsError(f"{where}: shape mismatch: file has {list(blob.shape)}, net expects {list(wanted)}")
-            blob.read_into(target)
+        elif isinstance(blob, (H5Blob, SafetensorsBlob, torch.Tensor)):
+            shape = tuple(blob.shape)
+            if shape != wanted:
+                raise WeightsError(f"{where}: shape mismatch: file has {list(shape)}, net expects {list(wanted)}")
+            if isinstance(blob, torch.Tensor):
+                with torch.no_grad():
+                    target.copy_(blob)
+            else:
+                blob.read_into(target)
             return
         else:
             array = np.asarray(blob, dtype=np.float32)

@@ -1,10 +1,12 @@
-"""Export to safetensors: bit-identical round trips, files written by the safetensors library, nets rebuilt from
-the file alone, and bad, ill-fitting or mutated files giving our errors."""
+"""Export to safetensors and torch state dicts: bit-identical round trips, keys the exported module's state_dict
+shares, files written by the safetensors library, nets rebuilt from the file alone, readers picked by content
+(not by name), and bad, ill-fitting or mutated files giving our errors."""
 
 from __future__ import annotations
 
 import json
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from model_zoo_util import ZOO
 from pipeline.errors import WeightsError
 from pipeline.export import (
     ConvertRequest,
+    DeployModule,
     convert,
     load_safetensors,
     net_from_safetensors,
@@ -22,9 +25,10 @@ from pipeline.export import (
     save_safetensors,
     state_dict,
 )
+from pipeline.export.safetensors_io import save_torch
 from pipeline.net import Net
 from pipeline.prototxt import net_from_string
-from pipeline.weights import save_caffemodel
+from pipeline.weights import copy_weights, save_caffemodel, save_caffemodel_h5
 
 # ----- safetensors -----------------------------------------------------------------------------------------------
 EDGE_NET = """
@@ -55,14 +59,26 @@ def test_safetensors_round_trip_is_bit_identical(tmp_path):
     net = edge_net()
     path = tmp_path / "edge.safetensors"
     save_safetensors(net, path, {"note": "x"})
-    # The official reader sees Caffe's keys "<layer>/<blob index>" (layer names with '/' kept whole).
+    # The official reader sees keys "<layer>.<blob name>" (layer names with '/' kept whole).
     loaded = load_file(path)
-    assert sorted(loaded) == sorted(state_dict(net))
-    assert "block/conv/0" in loaded and loaded["prelu/0"].shape == ()
+    assert list(loaded) == list(state_dict(net))
+    assert list(loaded) == [
+        "block/conv.weight",
+        "block/conv.bias",
+        "block/conv2.weight",
+        "block/conv2.bias",
+        "bn.mean_sum",
+        "bn.variance_sum",
+        "bn.scale_factor",
+        "prelu.weight",
+        "ip.weight",
+        "ip.bias",
+    ]
+    assert loaded["prelu.weight"].shape == ()
     for key, value in state_dict(net).items():
         assert torch.equal(loaded[key], value), key
     with safe_open(path, "pt") as f:
-        assert f.metadata()["note"] == "x" and f.metadata()["keys"] == "<layer>/<blob index>"
+        assert f.metadata()["note"] == "x" and f.metadata()["keys"] == "<layer>.<blob name>"
     fresh = Net(net_from_string(EDGE_NET), phase="TEST", seed=99)
     report = load_safetensors(fresh, path)
     assert report.missing == [] and report.ignored == []
@@ -92,7 +108,7 @@ def test_net_rebuilds_from_the_file_alone(tmp_path):
         ConvertRequest(
             model=ZOO / "lenet.prototxt",
             weights=[tmp_path / "lenet.caffemodel"],
-            to="pt",
+            to="safetensors",
             out=out,
             variables={"deploy": True, "deploy_batch": 2},
         )
@@ -121,7 +137,7 @@ BAD_FILES = {
     ),
     "bad key": (
         _tensor_file({"ip": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
-        "not '<layer>/<blob index>'",
+        "neither '<layer>.<blob name>' nor '<layer>/<blob index>'",
     ),
 }
 
@@ -140,22 +156,157 @@ def test_safetensors_that_do_not_fit_the_net_name_the_layer(tmp_path):
     net = edge_net()
     path = tmp_path / "w.safetensors"
     tensors = state_dict(net)
-    tensors["ip/0"] = torch.zeros(4, 7)
-    tensors["unknown_layer/0"] = torch.zeros(2)
+    tensors["ip.weight"] = torch.zeros(4, 7)
+    tensors["unknown_layer.weight"] = torch.zeros(2)
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous().clone() for k, v in tensors.items()}, path)
     with pytest.raises(WeightsError, match=r"layer 'ip' blob 0: shape mismatch: file has \[4, 7\], net expects"):
         load_safetensors(edge_net(), path)
-    del tensors["ip/0"], tensors["ip/1"]
-    tensors["bn/3"] = torch.zeros(1)
+    del tensors["ip.weight"], tensors["ip.bias"]
+    tensors["bn.extra"] = torch.zeros(1)
     save_file({k: v.contiguous().clone() for k, v in tensors.items()}, path)
-    with pytest.raises(WeightsError, match=r"layer 'bn': incompatible number of blobs: file has 4, net expects 3"):
+    with pytest.raises(
+        WeightsError,
+        match=r"layer 'bn': incompatible blobs: file has extra, mean_sum, scale_factor, variance_sum, "
+        r"net's BatchNorm layer has mean_sum, variance_sum, scale_factor",
+    ):
         load_safetensors(edge_net(), path)
-    del tensors["bn/3"]
+    del tensors["bn.extra"]
     save_file({k: v.contiguous().clone() for k, v in tensors.items()}, path)
     report = load_safetensors(edge_net(), path)
     assert report.ignored == ["unknown_layer"] and report.missing == ["ip"]
+    # Caffe's blob indices, "<layer>/<i>" (earlier files, weights.npz), still load; the two forms never mix.
+    by_index = {
+        f"{layer.name}/{i}": b.detach().contiguous().clone() for layer in net.layers for i, b in enumerate(layer.blobs)
+    }
+    save_file(by_index, path)
+    fresh = edge_net(seed=11)
+    assert load_safetensors(fresh, path).missing == []
+    assert all(torch.equal(a, b) for x, y in zip(fresh.layers, net.layers) for a, b in zip(x.blobs, y.blobs))
+    save_file({**by_index, "ip.weight": by_index["ip/0"].clone()}, path)
+    with pytest.raises(WeightsError, match=r"layer 'ip': keys mix"):
+        load_safetensors(edge_net(), path)
+
+
+# ----- torch state dicts, and readers picked by content ------------------------------------------------------------
+def test_torch_state_dict_loads_into_the_exported_module(tmp_path):
+    net = edge_net()
+    path = tmp_path / "edge.pt"
+    save_torch(net, path)
+    state = torch.load(path, weights_only=True)
+    assert list(state) == list(state_dict(net)) == list(DeployModule(net).state_dict())
+    module = DeployModule(edge_net(seed=8))
+    assert str(module.load_state_dict(state)) == "<All keys matched successfully>"
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(module(x), net(x)["y"])
+    # The module's state_dict keys come back whole for layer names holding '/' and '.'; missing keys are named so.
+    del state["ip.bias"]
+    result = DeployModule(edge_net(seed=8)).load_state_dict(state, strict=False)
+    assert result.missing_keys == ["ip.bias"] and result.unexpected_keys == []
+    # Our readers take the file too (shared blobs stay shared).
+    fresh = edge_net(seed=9)
+    assert copy_weights(fresh, path).missing == []
+    assert all(torch.equal(a, b) for x, y in zip(fresh.layers, net.layers) for a, b in zip(x.blobs, y.blobs))
+    assert fresh.layer("block/conv").weight is fresh.layer("block/conv2").weight
+
+
+def test_dotted_layer_names_round_trip_through_the_module(tmp_path):
+    text = EDGE_NET.replace('name: "ip"', 'name: "head.fc.1"')
+    net = Net(net_from_string(text), phase="TEST", seed=1)
+    module = DeployModule(net)
+    keys = list(module.state_dict())
+    assert keys[-2:] == ["head.fc.1.weight", "head.fc.1.bias"] and keys == list(state_dict(net))
+    other = DeployModule(Net(net_from_string(text), phase="TEST", seed=2))
+    other.load_state_dict(module.state_dict())
+    assert torch.equal(other.layers[-1].weight, net.layer("head.fc.1").weight)
+
+
+def _all_formats(net, folder) -> dict[str, object]:
+    """The same weights in every format we read, each under a name that says another format."""
+    from safetensors.torch import save_file
+
+    files = {}
+    save_safetensors(net, folder / "a.pt")
+    files["safetensors"] = folder / "a.pt"
+    save_torch(net, folder / "b.safetensors")
+    files["torch"] = folder / "b.safetensors"
+    save_caffemodel(net, folder / "c.caffemodel.h5")
+    files["caffemodel"] = folder / "c.caffemodel.h5"
+    save_caffemodel_h5(net, folder / "d.caffemodel")
+    files["hdf5"] = folder / "d.caffemodel"
+    np.savez(
+        folder / "e.npz",
+        **{f"{layer.name}/{i}": b.detach().numpy() for layer in net.layers for i, b in enumerate(layer.blobs)},
+    )
+    (folder / "e.npz").rename(folder / "e.safetensors")
+    files["npz"] = folder / "e.safetensors"
+    save_file({k: v.clone() for k, v in state_dict(net).items()}, folder / "f.bin")
+    files["safetensors (library)"] = folder / "f.bin"
+    return files
+
+
+def test_readers_are_picked_by_content_not_name(tmp_path):
+    from pipeline.weights_format import sniff, weights_format
+
+    text = EDGE_NET.replace("block/", "block_")  # (Caffe's HDF5 layout cannot hold '/' in layer names)
+    net = Net(net_from_string(text), phase="TEST", seed=3)
+    files = _all_formats(net, tmp_path)
+    for kind, path in files.items():
+        fresh = Net(net_from_string(text), phase="TEST", seed=21)
+        report = copy_weights(fresh, path)
+        assert report.missing == [] and report.copied, kind
+        for a, b in zip(fresh.layers, net.layers):
+            assert all(torch.equal(x, y) for x, y in zip(a.blobs, b.blobs)), (kind, a.name)
+    assert [sniff(p) for p in files.values()] == ["safetensors", "torch", None, "hdf5", "npz", "safetensors"]
+    assert weights_format(files["caffemodel"]) == "caffemodel"  # protobuf has no magic: the default
+    # A torch.export program is recognised and refused in words.
+    with zipfile.ZipFile(tmp_path / "prog.caffemodel", "w") as archive:
+        archive.writestr("prog/archive_format", "pt2")
+    with pytest.raises(WeightsError, match=r"prog.caffemodel: a torch.export program"):
+        copy_weights(edge_net(), tmp_path / "prog.caffemodel")
+    # Content no signature fits is read as a caffemodel; the error says what the name claimed.
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 40)
+    with pytest.raises(WeightsError, match=r"junk.safetensors: not a valid caffemodel.*named like a safetensors file"):
+        copy_weights(edge_net(), tmp_path / "junk.safetensors")
+    (tmp_path / "junk.pt").write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"junk.pt: empty file.*named like a torch file"):
+        copy_weights(edge_net(), tmp_path / "junk.pt")
+    with pytest.raises(WeightsError, match=r"missing.pt: cannot read"):
+        copy_weights(edge_net(), tmp_path / "missing.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path(__import__('os').environ['PWNED']).write_text('pwned')",))
+
+
+def test_bad_torch_files_give_our_error_and_run_no_code(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned.txt"
+    monkeypatch.setenv("PWNED", str(marker))
+    cases = {
+        "evil.pt": ({"ip.weight": _Payload()}, "not a readable torch file"),
+        "checkpoint.pt": (
+            {"state_dict": state_dict(edge_net()), "epoch": 3},
+            r"entry 'state_dict' is a dict.*checkpoint",
+        ),
+        "ints.pt": ({"ip.weight": torch.zeros(4, 75, dtype=torch.int64)}, "is torch.int64, not a float type"),
+        "list.pt": ([torch.zeros(2)], "holds a list, not a state dict"),
+        "badkey.pt": ({"ip": torch.zeros(2)}, "key 'ip' is neither"),
+    }
+    for name, (obj, message) in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(WeightsError, match=f"{name}: .*{message}"):
+            copy_weights(edge_net(), tmp_path / name)
+    assert not marker.exists()
+    good = tmp_path / "good.pt"
+    save_torch(edge_net(), good)
+    data = good.read_bytes()
+    for cut in (len(data) // 2, 100, 5):
+        (tmp_path / "cut.pt").write_bytes(data[:cut])
+        with pytest.raises(WeightsError, match="cut.pt"):
+            copy_weights(edge_net(), tmp_path / "cut.pt")
 
 
 def test_mutated_safetensors_files_give_only_our_errors(tmp_path):

@@ -60,7 +60,7 @@ def test_real_model_converts_and_its_onnx_export_matches(tmp_path, name):
     comparison = compare_onnx(module, onnx_result.out, (torch.from_numpy(image),))
     assert comparison.ok(TOL), comparison.errors
     # The net rebuilt from the converted safetensors file alone gives real Caffe's blobs on the same images.
-    rebuilt = net_from_safetensors(convert_model(spec, tmp_path, "pt").out)
+    rebuilt = net_from_safetensors(convert_model(spec, tmp_path, "safetensors").out)
     with torch.no_grad():
         (ours,) = rebuilt(torch.from_numpy(image)).values()
     compared = 0

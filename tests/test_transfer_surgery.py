@@ -9,10 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
+from conftest import shared_path
 
+from pipeline.caffemodel_io import scan_caffemodel
 from pipeline.errors import WeightsError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.proto import caffe_pb2
+from pipeline.prototxt import net_from_string, read_net
 from pipeline.transfer import finetune, surgery
 from pipeline.transfer.layerwise import LayerwiseRun
 from pipeline.transfer.netedit import TransferError, replace_head
@@ -99,6 +103,21 @@ def test_npz_input_and_h5_snapshot_input(folder):
     save_caffemodel_h5(net, "w.caffemodel.h5")
     np.savez("w.npz", **{f"{n}/{i}": b.detach().numpy() for n, bs in net.params.items() for i, b in enumerate(bs)})
     assert equal(surgery.read_weights("w.caffemodel.h5"), surgery.read_weights("w.npz"))
+
+
+def test_surgery_reads_any_weights_format_by_content(folder):
+    from pipeline.export import save_safetensors, save_torch
+
+    net = Net(net_from_string(NET), seed=4)
+    save_caffemodel(net, "w.caffemodel")
+    save_safetensors(net, "w.bin")  # names that say nothing, or something else
+    save_torch(net, "w.safetensors")
+    np.savez(
+        "w.npz", **{f"{n}.{a}": getattr(net.layer(n), a).detach().numpy() for n in net.params for a in ("weight",)}
+    )
+    reference = surgery.read_weights("w.caffemodel")
+    assert equal(surgery.read_weights("w.bin"), reference) and equal(surgery.read_weights("w.safetensors"), reference)
+    assert equal(surgery.read_weights("w.npz"), {n: b[:1] for n, b in reference.items()})
 
 
 @pytest.mark.parametrize(
@@ -194,3 +213,102 @@ def test_finetune_cli_refuses_a_set_nothing_reads(folder, capsys):
     base += ["--replace-head", "ip2", "--head-iters", "1", "--full-iters", "0", "--no-progress"]
     assert tool.main([*base, "--set", "nope=1"]) == 1
     assert "unused --set 'nope': not a template variable of net.prototxt" in capsys.readouterr().err
+
+
+# ----- old (V1/V0) caffemodels: what we write has the shapes Caffe's net.save() writes ------------------------------
+V1_KINDS = {"Convolution": "CONVOLUTION", "InnerProduct": "INNER_PRODUCT"}
+
+
+def old_caffemodel(path: str, version: str = "V1", seed: int = 1) -> Net:
+    """NET's conv and InnerProduct layers saved as a V1 (or V0) Caffe did: legacy 4-D num/channels/height/width
+    blobs ([1, 1, 6, 27] for ip1's weight). Returns the V2 net whose blobs they are."""
+    net = Net(net_from_string(NET), seed=seed)
+    old = caffe_pb2.NetParameter(name="old", input=["data"])
+    for layer in net.layers:
+        if layer.type_name not in V1_KINDS:
+            continue
+        entry = old.layers.add(bottom=layer.bottom_names, top=layer.top_names)
+        if version == "V1":
+            entry.name, entry.type = layer.name, getattr(caffe_pb2.V1LayerParameter, V1_KINDS[layer.type_name])
+            target = entry
+        else:
+            target = entry.layer
+            target.name, target.type = layer.name, "conv" if layer.type_name == "Convolution" else "innerproduct"
+        for blob in layer.blobs:
+            proto = target.blobs.add()
+            proto.num, proto.channels, proto.height, proto.width = [1] * (4 - blob.dim()) + list(blob.shape)
+            proto.data.extend(blob.detach().contiguous().flatten().tolist())
+    Path(path).write_bytes(old.SerializeToString())
+    return net
+
+
+def stored_shapes(path) -> dict[str, list[tuple[tuple[int, ...], bool]]]:
+    return {name: [(b.shape, b.legacy) for b in blobs] for name, blobs in scan_caffemodel(path) if blobs}
+
+
+def net_shapes(net) -> dict[str, list[tuple[tuple[int, ...], bool]]]:
+    return {layer.name: [(tuple(b.shape), False) for b in layer.blobs] for layer in net.layers if layer.blobs}
+
+
+@pytest.mark.parametrize("version", ["V1", "V0"])
+def test_net_surgery_on_an_old_caffemodel_writes_the_layers_blob_shapes(folder, version, capsys):
+    import net_surgery
+
+    net = old_caffemodel("old.caffemodel", version)
+    assert stored_shapes("old.caffemodel")["ip1"] == [((1, 1, 6, 27), True), ((1, 1, 1, 6), True)]
+    assert {n: [a.shape for a in arrays] for n, arrays in surgery.read_weights("old.caffemodel").items()} == {
+        n: [s for s, _ in shapes] for n, shapes in net_shapes(net).items()
+    }
+    assert net_surgery.main(["--weights", "old.caffemodel", "--list"]) == 0
+    assert "ip1: [6, 27], [6]" in capsys.readouterr().out
+    for out in ("out.caffemodel", "out.caffemodel.h5"):
+        assert net_surgery.main(["--weights", "old.caffemodel", "--drop", "ip2", "--output", out]) == 0
+        fresh = Net(net_from_string(NET), seed=9)
+        report = copy_weights(fresh, out)  # what `test --weights out` does: V2 shapes, compared exactly
+        assert report.copied == ["conv1", "ip1"] and report.missing == ["ip2"]
+        for name in report.copied:
+            assert all(torch.equal(a, b) for a, b in zip(fresh.params[name], net.params[name])), name
+    wanted = net_shapes(net)
+    del wanted["ip2"]
+    assert stored_shapes("out.caffemodel") == wanted  # shape fields, no legacy dims, as net.save() writes them
+
+
+def test_other_writers_upgrade_old_blob_shapes_too(folder):
+    """Weights loaded from a V1 file into a net take the net's shapes: convert and solver snapshots write those."""
+    from pipeline.export import ConvertRequest, convert
+    from pipeline.solvers import build_solver
+
+    net = old_caffemodel("old.caffemodel")
+    Path("net.prototxt").write_text(NET)
+    for to in ("caffemodel", "h5"):
+        out = convert(
+            ConvertRequest(model="net.prototxt", weights=["old.caffemodel"], to=to, input_shapes={"data": (1, 1, 5, 5)})
+        ).out
+        assert out == Path("old.converted.caffemodel" if to == "caffemodel" else "old.caffemodel.h5")
+        copy_weights(Net(net_from_string(NET)), out)
+    assert stored_shapes("old.converted.caffemodel") == net_shapes(net)
+    param = caffe_pb2.SolverParameter(base_lr=0.0, lr_policy="fixed", max_iter=0, snapshot_prefix="snap/v1")
+    param.net_param.CopyFrom(net_from_string(NET))
+    Path("snap").mkdir()
+    solver = build_solver(param, progress=False)
+    copy_weights(solver.net, "old.caffemodel")
+    solver.snapshot()
+    assert stored_shapes("snap/v1_iter_0.caffemodel") == net_shapes(net)
+
+
+def test_net_surgery_on_real_v1_lenet_writes_what_caffe_saves(folder):
+    """The V1 LeNet of ../shared: its surgery output has the shapes of the same model saved by a V2 Caffe."""
+    import net_surgery
+
+    v1 = shared_path("caffe-models", "lenet_v1", "lenet_iter_10000.caffemodel")
+    v2 = shared_path("caffe-models", "lenet_v2", "lenet_iter_10000.caffemodel")
+    assert stored_shapes(v1)["ip1"] == [((1, 1, 500, 800), True), ((1, 1, 1, 500), True)]
+    assert net_surgery.main(["--weights", str(v1), "--rename", "ip2=fc", "--output", "lenet.caffemodel"]) == 0
+    written = stored_shapes("lenet.caffemodel")
+    assert written["ip1"] == [((500, 800), False), ((500,), False)]
+    reference = stored_shapes(v2)
+    reference["fc"] = reference.pop("ip2")
+    assert written == reference
+    deploy = shared_path("caffe-models", "lenet_v1", "lenet.prototxt")
+    lenet = Net(read_net(deploy), phase="TEST")
+    assert copy_weights(lenet, "lenet.caffemodel").missing == ["ip2"]

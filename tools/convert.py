@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Convert a Caffe model: tools/convert.py --model deploy.prototxt --weights x.caffemodel --to onnx|pt|pt2|caffemodel|h5
-[--out PATH]. The same as `python -m pipeline convert` (see pipeline/cli/convert.py for every flag).
+"""Convert a Caffe model: tools/convert.py --model deploy.prototxt --weights x.caffemodel
+--to onnx|safetensors|pt|pt2|caffemodel|h5 [--out PATH]. The same as `python -m pipeline convert` (see
+pipeline/cli/convert.py for every flag): writes to the current folder unless --out says where.
 
 Exit status: 0 written (output path printed), 1 a bad model, weights file or export, 2 usage.
 """

@@ -10,7 +10,10 @@
 
 Operations apply in this order: --keep, --drop, --rename, --copy, --prefix, --merge, --reinit. With --model the
 result is copied into that net by name (every shape checked) and the whole net is saved, as a pycaffe script's
-`net.save()` would; without it a weights-only caffemodel is written. `.h5` outputs use Caffe's HDF5 layout.
+`net.save()` would; without it a weights-only caffemodel is written. `.h5` outputs use Caffe's HDF5 layout. Blobs
+are written in the shapes the layers' blobs have, as net.save() writes them: an old (V0/V1) file's legacy 4-D
+shapes are upgraded ([1, 1, 500, 800] -> [500, 800] for an InnerProduct weight). The source may be any weights
+file (caffemodel, Caffe HDF5, safetensors, torch state dict, .npz), recognised by content.
 
 Exit status: 0 written, 1 bad input (nothing written).
 """
@@ -27,7 +30,11 @@ from pipeline.errors import PipelineError  # noqa: E402
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="source .caffemodel, .caffemodel.h5 or .npz")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="source weights: .caffemodel (any version), .caffemodel.h5, .safetensors, .pt or .npz",
+    )
     parser.add_argument("--output", default=None, help="where to write the result")
     parser.add_argument("--model", default=None, help="target net prototxt: save the whole net filled by name")
     parser.add_argument("--keep", action="append", default=[], help="keep only these layers (names or globs)")

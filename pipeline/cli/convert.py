@@ -1,7 +1,12 @@
-"""`convert`: a prototxt and its weights to ONNX, safetensors (pt), a torch.export program (pt2), caffemodel or
-Caffe HDF5, with a summary of the net: layers, parameter counts, output shapes and the expected preprocessing.
+"""`convert`: a prototxt and its weights to ONNX, safetensors, a torch state dict (pt), a torch.export program
+(pt2), caffemodel or Caffe HDF5, with a summary of the net: layers, parameter counts, output shapes and the
+expected preprocessing.
 
     python -m pipeline convert --model deploy.prototxt --weights x.caffemodel --to onnx [--out path]
+
+writes x.onnx in the current folder unless --out says where, and never over one of its inputs. safetensors and
+pt files are keyed "<layer>.<blob name>" (conv1.weight, conv1.bias), the keys of the exported module's
+state_dict(); a pt file is read back with torch.load(path, weights_only=True).
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ def add_arguments(parser):
     parser.add_argument(
         "--weights",
         required=True,
-        help="comma-separated weights files (.caffemodel, .caffemodel.h5, .safetensors, .npz)",
+        help="comma-separated weights files (caffemodel, Caffe HDF5, safetensors, torch state dict or .npz: "
+        "recognised by content)",
     )
     parser.add_argument("--to", required=True, choices=list(FORMATS), help="output format")
-    parser.add_argument("--out", default=None, help="output path (default: beside the first weights file)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output path (default: in the current folder, the first weights file's name with the format's suffix)",
+    )
     parser.add_argument(
         "--data-prototxt",
         default=None,
@@ -79,4 +89,5 @@ def run(args) -> int:
 
 # The registry reads `add_arguments` when the command is registered, so attach it first.
 run.add_arguments = add_arguments
-command("convert", "convert a model to onnx, pt (safetensors), pt2 (torch.export), caffemodel or h5")(run)
+SUMMARY = "convert a model to onnx, safetensors, pt (torch state dict), pt2 (torch.export), caffemodel or h5"
+command("convert", SUMMARY)(run)

@@ -1,4 +1,5 @@
-"""Exporting nets: PyTorch (safetensors keyed "<layer>/<i>", a torch.export-able module), ONNX, caffemodel.
+"""Exporting nets: PyTorch (safetensors or torch.save state dicts keyed "<layer>.<blob name>" as the exported module's
+state_dict is, a torch.export-able module), ONNX, caffemodel.
 
     from pipeline.export import DeployModule, export_onnx, export_program, load_safetensors, save_safetensors
 
@@ -19,6 +20,7 @@ from pipeline.export.safetensors_io import (
     net_from_safetensors,
     read_safetensors_metadata,
     save_safetensors,
+    save_torch,
     state_dict,
 )
 
@@ -47,5 +49,6 @@ __all__ = [
     "read_safetensors_metadata",
     "run_onnx",
     "save_safetensors",
+    "save_torch",
     "state_dict",
 ]

@@ -1,10 +1,15 @@
-"""One conversion: a prototxt and its weights in, an ONNX / safetensors / torch.export / caffemodel file out.
+"""One conversion: a prototxt and its weights in, an ONNX / safetensors / torch / torch.export / caffemodel file out.
 
     convert(ConvertRequest(model="deploy.prototxt", weights=["x.caffemodel"], to="onnx"))
 
-writes beside the (first) weights file unless told where, atomically, and returns what it did, including the
-summary table `format_summary` prints: every layer with its type, top shapes and parameter count, the totals,
-the output shapes and the preprocessing the model expects.
+writes to the current folder unless told where (the first weights file's name with the format's suffix:
+x.onnx), atomically, never over one of its inputs, and returns what it did, including the summary table
+`format_summary` prints: every layer with its type, top shapes and parameter count, the totals, the output
+shapes and the preprocessing the model expects.
+
+Formats: `onnx`; `safetensors` and `pt` (a torch.save state dict), both keyed "<layer>.<blob name>" as
+`DeployModule(net).state_dict()` is (`conv1.weight`, `conv1.bias`), the safetensors file also carrying the deploy
+prototxt; `pt2` (a torch.export program); `caffemodel`; `h5` (Caffe's HDF5 layout).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.export.deploy import Preprocessing, build_net_for_weights, deploy_param, preprocessing
 from pipeline.export.module import ExportError, export_program
 from pipeline.export.onnx_io import DEFAULT_OPSET, check_onnx, compare_onnx, export_onnx
-from pipeline.export.safetensors_io import save_safetensors
+from pipeline.export.safetensors_io import save_safetensors, save_torch
 from pipeline.fileio import temporary_beside
 from pipeline.prototxt import read_net
 from pipeline.weights import save_caffemodel, save_caffemodel_h5
@@ -29,20 +34,55 @@ from pipeline.weights import save_caffemodel, save_caffemodel_h5
 log = logging.getLogger("pipeline")
 
 #: --to value -> file suffix of the output.
-FORMATS = {"onnx": ".onnx", "pt": ".safetensors", "pt2": ".pt2", "caffemodel": ".caffemodel", "h5": ".caffemodel.h5"}
-_WEIGHT_SUFFIXES = (".caffemodel.h5", ".caffemodel", ".safetensors", ".h5", ".npz", ".onnx", ".pt2")
+FORMATS = {
+    "onnx": ".onnx",
+    "safetensors": ".safetensors",
+    "pt": ".pt",
+    "pt2": ".pt2",
+    "caffemodel": ".caffemodel",
+    "h5": ".caffemodel.h5",
+}
+_WEIGHT_SUFFIXES = (
+    ".caffemodel.h5",
+    ".caffemodel",
+    ".safetensors",
+    ".h5",
+    ".hdf5",
+    ".npz",
+    ".onnx",
+    ".pt2",
+    ".pth",
+    ".pt",
+)
 
 
-def default_output(weights: str | Path, to: str) -> Path:
-    """Beside the weights, the weights' name with the new suffix (".converted" added if that is the input)."""
+def default_output(weights: str | Path, to: str, folder: str | Path | None = None) -> Path:
+    """In `folder` (default: the current one), the weights' name with the format's suffix instead of theirs
+    (".converted" added where that is the weights file itself)."""
     weights = Path(weights)
     stem = weights.name
     for suffix in _WEIGHT_SUFFIXES:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             stem = stem[: -len(suffix)]
             break
-    out = weights.with_name(stem + FORMATS[to])
-    return out.with_name(stem + ".converted" + FORMATS[to]) if out.resolve() == weights.resolve() else out
+    folder = Path(folder) if folder is not None else Path()
+    out = folder / (stem + FORMATS[to])
+    return folder / (stem + ".converted" + FORMATS[to]) if _same_file(out, weights) else out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(out: Path, inputs: list[str | Path]) -> None:
+    """Refuse to write over one of the conversion's inputs, whatever the output path says."""
+    for path in inputs:
+        path = Path(path)
+        if _same_file(out, path) or out.resolve() == path.resolve():
+            raise ExportError(f"refusing to write {out}: it is the input file {path} (give another --out)")
 
 
 @dataclass
@@ -74,6 +114,11 @@ def convert(request: ConvertRequest) -> ConvertResult:
         raise ExportError(f"unknown output format '{request.to}' (one of {', '.join(FORMATS)})")
     if not request.weights:
         raise ExportError("no weights file given")
+    inputs = [*request.weights, request.model, *([request.data_prototxt] if request.data_prototxt else [])]
+    out = Path(request.out) if request.out else default_output(request.weights[0], request.to)
+    if not request.out and any(_same_file(out, Path(p)) for p in inputs):
+        out = out.with_name(out.name[: -len(FORMATS[request.to])] + ".converted" + FORMATS[request.to])
+    check_output(out, inputs)
     param = read_net(request.model, request.variables)
     deploy = deploy_param(param, request.input_shapes)
     net, reports = build_net_for_weights(deploy, [Path(w) for w in request.weights], source=str(request.model))
@@ -90,7 +135,7 @@ def convert(request: ConvertRequest) -> ConvertResult:
         data_param = param  # the model is a train/test prototxt: its data layers tell
     channels = next((shape[1] for shape in _input_shapes(net) if len(shape) > 1), None)
     result = ConvertResult(
-        out=Path(request.out) if request.out else default_output(request.weights[0], request.to),
+        out=out,
         net=net,
         preprocessing=preprocessing(data_param, channels),
         ignored=sorted({n for r in reports for n in r.ignored}),
@@ -122,8 +167,10 @@ def _write(request: ConvertRequest, deploy, result: ConvertResult) -> None:
                     f"{out}: onnxruntime differs from PyTorch by {comparison.worst:.3g} of the output "
                     f"scale (> 1e-4): {comparison.errors}"
                 )
-    elif request.to == "pt":
+    elif request.to == "safetensors":
         save_safetensors(net, out, {"prototxt": text_format.MessageToString(deploy)})
+    elif request.to == "pt":
+        save_torch(net, out)
     elif request.to == "pt2":
         import torch
 
@@ -178,4 +225,13 @@ def format_summary(result: ConvertResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FORMATS", "ConvertRequest", "ConvertResult", "PipelineError", "convert", "default_output", "format_summary"]
+__all__ = [
+    "FORMATS",
+    "ConvertRequest",
+    "ConvertResult",
+    "PipelineError",
+    "check_output",
+    "convert",
+    "default_output",
+    "format_summary",
+]

@@ -229,21 +229,17 @@ def _deferred_fillers() -> Iterator[list]:
 def build_net_for_weights(
     param: caffe_pb2.NetParameter, weights: list[str | Path], source: str = "<net>", seed: int = 0
 ) -> tuple[Net, list[CopyReport]]:
-    """A TEST-phase net of `param` with `weights` files copied in (caffemodel, .h5, .npz, .safetensors).
+    """A TEST-phase net of `param` with `weights` files copied in (caffemodel, HDF5, safetensors, torch state
+    dict, .npz: told apart by content, see pipeline/weights_format.py).
 
     Fillers run only for the blobs of layers that no file gave weights to (Caffe would have filled those).
     """
-    from pipeline.export.safetensors_io import load_safetensors
-
     with _deferred_fillers() as pending:
         net = Net(param, phase=TEST, seed=seed, source=source)
     reports = []
     try:
         for path in weights:
-            if Path(path).suffix == ".safetensors":
-                reports.append(load_safetensors(net, path))
-            else:
-                reports.append(copy_weights(net, path))
+            reports.append(copy_weights(net, path))
     finally:
         copied = {name for report in reports for name in report.copied}
         owners = {t.data_ptr() for layer in net.layers if layer.name in copied for t in layer.blobs}

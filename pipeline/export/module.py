@@ -172,6 +172,10 @@ class DeployModule(nn.Module):
 
     The layer modules are shared with `net`: weights loaded into either are seen by both. One output comes
     back as a tensor, several as a tuple in `output_names` order.
+
+    `state_dict()` keys name the Caffe layer and blob, "<layer>.<blob name>" (`conv1.weight`, `bn1.mean_sum`),
+    as `convert --to pt|safetensors` files do, and `load_state_dict` takes them; the modules themselves sit in
+    `self.layers` by position (Caffe layer names may hold "." and "/"), which is what torch.export and ONNX see.
     """
 
     def __init__(self, net, outputs: list[str] | None = None):
@@ -196,6 +200,10 @@ class DeployModule(nn.Module):
             raise ExportError(f"net '{net.name}' has no output blob")
         self.input_shapes = {name: net.blob_shapes[name] for name in self.input_names}
         self.output_shapes = {name: net.blob_shapes[name] for name in self.output_names}
+        self._layer_index = {layer.name: i for i, layer in enumerate(self.layers)}
+        self.register_state_dict_post_hook(_caffe_keys)
+        self.register_load_state_dict_pre_hook(_module_keys)
+        self.register_load_state_dict_post_hook(_caffe_missing_keys)
 
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.input_names):
@@ -222,6 +230,41 @@ class DeployModule(nn.Module):
         return tuple(
             torch.randn((batch, *s[1:]) if batch and flag else s, generator=generator) for s, flag in zip(shapes, flags)
         )
+
+
+def _caffe_key(module: DeployModule, key: str, prefix: str = "") -> str:
+    """Renames "<prefix>layers.<i>.<rest>" to "<prefix><layer name>.<rest>"; other keys come back unchanged."""
+    inner = prefix + "layers."
+    if key.startswith(inner):
+        index, _, rest = key[len(inner) :].partition(".")
+        if index.isdigit() and int(index) < len(module.layers):
+            return f"{prefix}{module.layers[int(index)].name}.{rest}"
+    return key
+
+
+def _caffe_keys(module: DeployModule, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: the modules' keys renamed by Caffe layer (order kept)."""
+    items = list(state.items())
+    state.clear()
+    state.update((_caffe_key(module, key, prefix), value) for key, value in items)
+
+
+def _module_keys(module: DeployModule, state: dict, prefix: str, *_) -> None:
+    """load_state_dict pre-hook: renames "<layer name>.<rest>" back to "layers.<i>.<rest>" (the longest layer
+    name that fits: names may hold dots)."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        name = key[len(prefix) :]
+        cut = len(name)
+        while (cut := name.rfind(".", 0, cut)) > 0:
+            index = module._layer_index.get(name[:cut])
+            if index is not None:
+                state[f"{prefix}layers.{index}.{name[cut + 1 :]}"] = state.pop(key)
+                break
+
+
+def _caffe_missing_keys(module: DeployModule, incompatible) -> None:
+    """load_state_dict post-hook: missing keys reported by their Caffe names (for a top-level module)."""
+    incompatible.missing_keys[:] = [_caffe_key(module, key) for key in incompatible.missing_keys]
 
 
 def batch_inputs(args: tuple[torch.Tensor, ...]) -> list[bool]:

@@ -142,13 +142,17 @@ def _shape_inference_without_weights():
 
 
 def _weights_by_input(module: DeployModule, model) -> dict[str, torch.Tensor]:
-    """Graph inputs that are the module's weights ("layers.3.weight"), renamed "<layer>/<blob index>" in the
-    graph; returns {new name: tensor} in graph order."""
+    """Graph inputs that are the module's weights (named by its state_dict keys, "conv1.weight", or by module
+    path, "layers.3.weight"), renamed "<layer>/<blob index>" in the graph; returns {new name: tensor} in graph
+    order."""
     blobs = {}
     for k, layer in enumerate(module.layers):
         present = [n for n in layer.blob_names if getattr(layer, n, None) is not None]
         for index, attr in enumerate(present):
-            blobs[f"layers.{k}.{attr}"] = (f"{layer.name}/{index}", getattr(layer, attr))
+            blobs[f"layers.{k}.{attr}"] = blobs[f"{layer.name}.{attr}"] = (
+                f"{layer.name}/{index}",
+                getattr(layer, attr),
+            )
     rename, weights = {}, {}
     for value in model.graph.input:
         if value.name in blobs:

@@ -24,9 +24,7 @@ from pipeline.transfer.netedit import suggest
 from pipeline.weights import (
     CopyReport,
     copy_layer_blobs,
-    layer_arrays_from_caffemodel,
-    read_hdf5_weights,
-    read_npz_weights,
+    read_weight_arrays,
     save_caffemodel,
     save_caffemodel_h5,
 )
@@ -34,19 +32,16 @@ from pipeline.weights_h5 import write_hdf5
 
 
 def read_weights(path: str | Path) -> OrderedDict[str, list[np.ndarray]]:
-    """Every layer with blobs, in file order: .caffemodel (any version), .caffemodel.h5/.h5, or .npz."""
+    """Every layer with blobs, in file order, in the shapes the layers' blobs have (as Caffe's net.save() writes
+    them: an old file's legacy 4-D shapes upgraded): a caffemodel (any version), Caffe's HDF5, safetensors, a
+    torch state dict or .npz, told apart by content."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file '{path}' not found")
-    if path.suffix in (".h5", ".hdf5"):
-        layers = read_hdf5_weights(path)
-        missing = [name for name, blobs in layers.items() if any(b is None for b in blobs)]
-        if missing:
-            raise WeightsError(f"{path}: layers {missing} share blobs stored under other layers; load it into a net")
-    elif path.suffix == ".npz":
-        layers = read_npz_weights(path)
-    else:
-        layers = layer_arrays_from_caffemodel(path)
+    layers = read_weight_arrays(path)
+    missing = [name for name, blobs in layers.items() if any(b is None for b in blobs)]
+    if missing:
+        raise WeightsError(f"{path}: layers {missing} share blobs stored under other layers; load it into a net")
     return OrderedDict((name, [np.asarray(b, dtype=np.float32) for b in blobs]) for name, blobs in layers.items())
 
 
