@@ -51,7 +51,8 @@ test: $(STAMP) lint
 TO      ?= onnx
 OUT     ?=
 DATA    ?=
-# make convert MODEL=deploy.prototxt WEIGHTS=x.caffemodel TO=onnx|pt|pt2|caffemodel|h5 [OUT=path] [DATA=train_test.prototxt]
+# make convert MODEL=deploy.prototxt WEIGHTS=x.caffemodel TO=onnx|safetensors|pt|pt2|caffemodel|h5 [OUT=path] [DATA=train_test.prototxt]
+# (writes x.<format> in the current folder unless OUT says where; never over an input; pt = torch.save state dict)
 convert: $(STAMP)
 	$(PY) -m pipeline convert --model $(MODEL) --weights $(WEIGHTS) --to $(TO) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data-prototxt $(DATA))
 
