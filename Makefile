@@ -15,7 +15,7 @@ SET     ?=
 ITERS   ?= 50
 MODEL   ?=
 
-.PHONY: setup proto test lint format train data clean bench plot time convert sweep figures
+.PHONY: setup proto test lint format train data clean bench plot time convert sweep figures ops test-portable
 
 setup: $(STAMP)
 
@@ -31,7 +31,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	@# The C++ ops (pipeline/csrc), built now, not at first use; best effort: without a compiler the code falls
+	@# back (or names the problem where the op is needed). Cached per sources, flags, compiler and CPU.
+	$(PY) -m pipeline.ops.build || echo "the C++ ops were not built (see above); the code falls back where it can"
 	touch $(STAMP)
+
+# Builds the C++ op libraries that are not built yet (make setup does this once; sources changed since are
+# rebuilt here or at first use).
+ops: $(STAMP)
+	$(PY) -m pipeline.ops.build
 
 # The generated protobuf module is committed; this regenerates it after editing the schema.
 proto: $(STAMP)
@@ -47,6 +55,16 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -n 2 tests
+
+# The suite again under other kernels than this machine picks (torch's oneDNN, MKL and ATen held to older
+# instruction sets; one thread), a proxy for another CPU: no test may depend on which kernels a CPU gets. Not
+# part of `make test` (about 5 minutes per configuration). The bit-exact mode's tests pin their own arithmetic
+# (OpenBLAS's Haswell kernels, 2 threads) and pass under each configuration as they are.
+PORTABLE ?= "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2" \
+	"OMP_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX MKL_ENABLE_INSTRUCTIONS=AVX"
+test-portable: $(STAMP)
+	@status=0; for config in $(PORTABLE); do echo "== $$config"; \
+		env $$config $(VENV)/bin/pytest -q -n 2 tests || status=1; done; exit $$status
 
 TO      ?= onnx
 OUT     ?=

@@ -1,5 +1,10 @@
 """Exact Caffe BLAS mode (pipeline/caffe_blas.py): real Caffe 1.0's blobs, gradients and training losses bit for
-bit where Caffe's arithmetic is im2col + OpenBLAS gemm (Convolution, InnerProduct) and its softmax."""
+bit where Caffe's arithmetic is im2col + OpenBLAS gemm (Convolution, InnerProduct) and its softmax.
+
+Bit-equality is the point here, and it does not depend on the machine's own kernels: the mode pins what decides
+the rounding (OpenBLAS 0.3.21's Haswell kernels via OPENBLAS_CORETYPE, 2 OpenBLAS threads as Caffe ran, our
+portable -O2 C++ ops, libm) and takes no sum from torch's oneDNN/MKL/ATen kernels; `make test-portable` checks
+that by running these tests with torch's kernels changed."""
 
 import re
 from pathlib import Path

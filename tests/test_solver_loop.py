@@ -143,7 +143,8 @@ def test_snapshot_after_train_off(folder):
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
 def test_resume_is_bitwise(rule, fmt, folder):
-    """6 iterations straight == 3, snapshot, a new solver restored from it, 3 more (3 batches = 1 epoch)."""
+    """6 iterations straight == 3, snapshot, a new solver restored from it, 3 more (3 batches = 1 epoch). Bit for
+    bit: all runs are in this process, with the same thread count and shapes, so the same kernels."""
     fields = {**rule_fields(rule), "snapshot_format": caffe_pb2.SolverParameter.SnapshotFormat.Value(fmt)}
     straight = make(solver_param(**fields))
     losses = []
