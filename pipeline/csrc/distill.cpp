@@ -7,6 +7,11 @@
 //   loss = alpha * soft + (1 - alpha) * hard,  or  0.5 * ||s - t||^2 in logit-matching mode,
 // skipping rows whose label equals ignore_label; the sum is divided by Caffe's normaliser.
 // The backward writes d loss / d s in a second fused visit: alpha*T*(p_s - p_t) + (1-alpha)*(p_1 - onehot).
+//
+// With fork_report the loss *value* is the public KD fork's (wentianli/knowledge_distillation_caffe,
+// KnowledgeDistillationLayer::Forward_cpu): sum_j p_t (log max(p_t, FLT_MIN) - log max(p_s, FLT_MIN)), with no
+// T^2 factor, so it saturates on extreme logits as that layer's does. The gradient is the same in both
+// conventions (the fork's Backward_cpu also carries T^2: T * (p_s - p_t)).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -33,6 +38,7 @@ struct Options {
   bool has_ignore;
   int64_t normalization;
   int64_t batch;  // outer count N, for BATCH_SIZE normalisation
+  bool fork_report;  // report the fork's loss value (see the top of the file); the gradient is unchanged
 };
 
 void check_inputs(const at::Tensor& s, const at::Tensor& t, const at::Tensor& label, const Options& o) {
@@ -92,6 +98,18 @@ scalar_t exp_terms(const scalar_t* __restrict x, scalar_t scale, int64_t n, scal
   return m + std::log(sum);
 }
 
+// The fork's KL of one row from the exp terms: its probabilities are e / sum (Caffe's Softmax divides), clamped
+// at FLT_MIN (for every Dtype, as the fork does) before the log.
+template <typename scalar_t>
+double fork_kl(const scalar_t* es, const scalar_t* et, scalar_t sum_s, scalar_t sum_t, int64_t n) {
+  const scalar_t tiny = scalar_t(std::numeric_limits<float>::min());
+  scalar_t kl = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t ps = es[j] / sum_s, pt = et[j] / sum_t;
+    kl += pt * (std::log(std::max(pt, tiny)) - std::log(std::max(ps, tiny)));
+  }
+  return kl;
+}
 
 // One row: its loss (if loss_out) and/or its gradient times grad_scale (if grad_out).
 template <typename scalar_t>
@@ -123,13 +141,18 @@ void row_pass(const scalar_t* s, const scalar_t* t, int64_t label, int64_t n, co
     sum_1 = sum_s;
   }
   if (loss_out) {
-    // KL = sum_j p_t (log p_t - log p_s) = (1/sum_t) sum_j e_t (z_t - z_s) - lse_t + lse_s
-    // Row sums stay in scalar_t so the loop vectorises; rows are summed in double.
-    scalar_t cross_row = 0;
-    for (int64_t j = 0; j < n; ++j) cross_row += et[j] * (zt[j] - zs[j]);
-    const double cross = cross_row;
-    const double kl = cross / double(sum_t) - double(lse_t) + double(lse_s);
-    double value = double(alpha) * double(T) * double(T) * kl;
+    double value;
+    if (o.fork_report) {
+      value = double(alpha) * fork_kl(es, et, sum_s, sum_t, n);
+    } else {
+      // KL = sum_j p_t (log p_t - log p_s) = (1/sum_t) sum_j e_t (z_t - z_s) - lse_t + lse_s
+      // Row sums stay in scalar_t so the loop vectorises; rows are summed in double.
+      scalar_t cross_row = 0;
+      for (int64_t j = 0; j < n; ++j) cross_row += et[j] * (zt[j] - zs[j]);
+      const double cross = cross_row;
+      const double kl = cross / double(sum_t) - double(lse_t) + double(lse_s);
+      value = double(alpha) * double(T) * double(T) * kl;
+    }
     if (hard) value += (1 - double(alpha)) * (double(lse_1) - double(s[label]));
     *loss_out = value;
   }
@@ -149,8 +172,9 @@ void row_pass(const scalar_t* s, const scalar_t* t, int64_t label, int64_t n, co
 int64_t row_grain(int64_t classes) { return std::max<int64_t>(16, 32768 / std::max<int64_t>(classes, 1)); }
 
 Options make_options(double temperature, double alpha, int64_t mode, bool teacher_is_prob, int64_t ignore_label,
-                     bool has_ignore, int64_t normalization, int64_t batch) {
-  return Options{temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch};
+                     bool has_ignore, int64_t normalization, int64_t batch, bool fork_report = false) {
+  return Options{temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch,
+                 fork_report};
 }
 
 // The checked, contiguous inputs both CPU kernels work on.
@@ -172,8 +196,9 @@ Rows prepare_rows(const at::Tensor& student, const at::Tensor& teacher, const at
 
 at::Tensor forward_cpu(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& label,
                        double temperature, double alpha, int64_t mode, bool teacher_is_prob, int64_t ignore_label,
-                       bool has_ignore, int64_t normalization, int64_t batch) {
-  Options o = make_options(temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch);
+                       bool has_ignore, int64_t normalization, int64_t batch, bool fork_report) {
+  Options o = make_options(temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch,
+                           fork_report);
   const Rows in = prepare_rows(student, teacher, label, o);
   const at::Tensor &s = in.s, &t = in.t;
   const int64_t rows = in.rows, n = in.n;
@@ -257,8 +282,9 @@ at::Tensor safe_labels(const at::Tensor& label, const Options& o) {
 
 at::Tensor forward_composite(const at::Tensor& s, const at::Tensor& t, const at::Tensor& label, double temperature,
                              double alpha, int64_t mode, bool teacher_is_prob, int64_t ignore_label, bool has_ignore,
-                             int64_t normalization, int64_t batch) {
-  Options o = make_options(temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch);
+                             int64_t normalization, int64_t batch, bool fork_report) {
+  Options o = make_options(temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization, batch,
+                           fork_report);
   check_inputs(s, t, label, o);
   auto [valid, count] = composite_terms(s, label, o);
   at::Tensor per_row;
@@ -269,7 +295,13 @@ at::Tensor forward_composite(const at::Tensor& s, const at::Tensor& t, const at:
     auto log_ps = at::log_softmax(s / T, 1);
     auto zt = teacher_is_prob ? at::log(t.clamp_min(std::numeric_limits<float>::min())) : t;
     auto log_pt = at::log_softmax(zt / T, 1);
-    per_row = alpha * T * T * (log_pt.exp() * (log_pt - log_ps)).sum(1);
+    if (fork_report) {
+      const double tiny = std::numeric_limits<float>::min();
+      auto ps = log_ps.exp(), pt = log_pt.exp();
+      per_row = alpha * (pt * (pt.clamp_min(tiny).log() - ps.clamp_min(tiny).log())).sum(1);
+    } else {
+      per_row = alpha * T * T * (log_pt.exp() * (log_pt - log_ps)).sum(1);
+    }
     if (alpha < 1) {
       auto nll = -at::log_softmax(s, 1).gather(1, safe_labels(label, o).unsqueeze(1)).squeeze(1);
       per_row = per_row + (1 - alpha) * nll;
@@ -306,12 +338,12 @@ class DistillFunction : public torch::autograd::Function<DistillFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& s, const at::Tensor& t,
                             const at::Tensor& label, double temperature, double alpha, int64_t mode,
                             bool teacher_is_prob, int64_t ignore_label, bool has_ignore, int64_t normalization,
-                            int64_t batch) {
+                            int64_t batch, bool fork_report) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("caffe_pipeline::distill_loss", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
-                                           int64_t, bool, int64_t, bool, int64_t, int64_t)>();
+                                           int64_t, bool, int64_t, bool, int64_t, int64_t, bool)>();
     ctx->save_for_backward({s, t, label});
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["alpha"] = alpha;
@@ -322,7 +354,7 @@ class DistillFunction : public torch::autograd::Function<DistillFunction> {
     ctx->saved_data["normalization"] = normalization;
     ctx->saved_data["batch"] = batch;
     return op.call(s, t, label, temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore, normalization,
-                   batch);
+                   batch, fork_report);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -340,7 +372,7 @@ class DistillFunction : public torch::autograd::Function<DistillFunction> {
                              d["ignore_label"].toInt(), d["has_ignore"].toBool(), d["normalization"].toInt(),
                              d["batch"].toInt());
     }
-    torch::autograd::variable_list result(11);
+    torch::autograd::variable_list result(12);
     result[0] = grad_student;
     return result;
   }
@@ -348,9 +380,9 @@ class DistillFunction : public torch::autograd::Function<DistillFunction> {
 
 at::Tensor forward_autograd(const at::Tensor& s, const at::Tensor& t, const at::Tensor& label, double temperature,
                             double alpha, int64_t mode, bool teacher_is_prob, int64_t ignore_label, bool has_ignore,
-                            int64_t normalization, int64_t batch) {
+                            int64_t normalization, int64_t batch, bool fork_report) {
   return DistillFunction::apply(s, t, label, temperature, alpha, mode, teacher_is_prob, ignore_label, has_ignore,
-                                normalization, batch);
+                                normalization, batch, fork_report);
 }
 
 }  // namespace
@@ -358,7 +390,8 @@ at::Tensor forward_autograd(const at::Tensor& s, const at::Tensor& t, const at::
 TORCH_LIBRARY(caffe_pipeline, m) {
   m.def(
       "distill_loss(Tensor student, Tensor teacher, Tensor label, float temperature, float alpha, int mode, "
-      "bool teacher_is_prob, int ignore_label, bool has_ignore, int normalization, int batch) -> Tensor");
+      "bool teacher_is_prob, int ignore_label, bool has_ignore, int normalization, int batch, "
+      "bool fork_report=False) -> Tensor");
   m.def(
       "distill_loss_backward(Tensor grad, Tensor student, Tensor teacher, Tensor label, float temperature, "
       "float alpha, int mode, bool teacher_is_prob, int ignore_label, bool has_ignore, int normalization, "

@@ -3,7 +3,13 @@
 Bottoms: student logits, teacher logits (or probabilities with `teacher_is_prob`), optional label.
 Loss: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * cross-entropy(s, label), or logit
 matching 0.5 * ||s - t||^2; normalised like SoftmaxWithLoss (loss_param normalization, ignore_label).
-Only the student receives a gradient.
+Only the student receives a gradient. The class axis is `axis`, else `softmax_param { axis }` (the fork's).
+
+Two syntaxes. The public fork's (wentianli/knowledge_distillation_caffe): knowledge_distillation_param sets
+only `temperature` (its one field), none of ours (numbers >= 1000). Such a layer reports what the fork's
+Forward_cpu reports, KL without T^2 and with probabilities clamped at FLT_MIN; its gradient still carries T^2,
+as the fork's Backward_cpu. Setting any of our fields (alpha, mode, teacher_is_prob, axis, cache_teacher)
+selects the extended syntax, whose reported loss is the one above (T^2 KL, exact log-softmax).
 """
 
 from pipeline.layers.base import Layer, canonical_axis
@@ -24,6 +30,11 @@ def loss_normalization(loss_param: caffe_pb2.LossParameter) -> str:
     return "VALID"
 
 
+def is_fork_syntax(p: caffe_pb2.KnowledgeDistillationParameter) -> bool:
+    """True when none of our extension fields (numbers >= 1000) is set: the layer as the public fork wrote it."""
+    return not any(p.HasField(f.name) for f in p.DESCRIPTOR.fields if f.number >= 1000)
+
+
 @register("KnowledgeDistillation")
 class KnowledgeDistillation(Layer):
     num_bottoms = (2, 3)
@@ -41,7 +52,14 @@ class KnowledgeDistillation(Layer):
         )
         self.check(p.temperature > 0, f"temperature must be > 0, got {p.temperature}")
         self.check(0 <= p.alpha <= 1, f"alpha must be in [0, 1], got {p.alpha}")
-        self.axis = canonical_axis(self, p.axis, len(student))
+        softmax_axis = self.param.softmax_param.axis if self.param.HasField("softmax_param") else None
+        self.check(
+            not p.HasField("axis") or softmax_axis is None or softmax_axis == p.axis,
+            f"knowledge_distillation_param axis {p.axis} and softmax_param axis {softmax_axis} differ: give one",
+        )
+        axis = p.axis if p.HasField("axis") or softmax_axis is None else softmax_axis
+        self.axis = canonical_axis(self, axis, len(student))
+        self.fork_syntax = is_fork_syntax(p)
         has_label = len(bottom_shapes) == 3
         self.check(
             p.alpha == 1 or has_label or p.mode == KD.LOGIT_MATCHING,
@@ -69,6 +87,7 @@ class KnowledgeDistillation(Layer):
             teacher_is_prob=p.teacher_is_prob,
             normalization=self.normalization,
             axis=self.axis,
+            fork_report=self.fork_syntax,
         )
         load_library()  # build errors surface at net set-up, not mid-training
         return [()]

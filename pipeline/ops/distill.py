@@ -57,11 +57,16 @@ def distill_loss(
     ignore_label: int | None = None,
     normalization: str = "VALID",
     axis: int = 1,
+    fork_report: bool = False,
 ) -> torch.Tensor:
     """Distillation loss of student logits against teacher logits (or probabilities), reduced like Caffe.
 
     `axis` is the class axis; every other position is a row (Caffe's outer x inner). The teacher gets no
     gradient. `label` (one per row) is needed when alpha < 1 or to skip rows equal to `ignore_label`.
+
+    `fork_report` changes only the loss value returned: the public KD fork's (wentianli/knowledge_distillation_caffe,
+    KnowledgeDistillationLayer::Forward_cpu), KL with no T^2 and probabilities clamped at FLT_MIN before the log.
+    The gradient is T^2 times the KL's in both conventions, as that layer's Backward_cpu.
     """
     load_library()
     if student.shape != teacher.shape:
@@ -100,4 +105,5 @@ def distill_loss(
         ignore_label is not None,
         NORMALIZATIONS[normalization],
         int(batch),
+        bool(fork_report),
     )
