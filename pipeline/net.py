@@ -25,6 +25,9 @@ from pipeline.netspec import filter_net, insert_splits, net_state
 from pipeline.proto import caffe_pb2
 
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
+#: The name Caffe's Net::AppendTop gives a top a loss layer needs but the file does not name.
+AUTO_TOP = "(automatic)"
+_DETACH, _FORCE = 1, 2  # how a layer reads a bottom under its propagate_down (0: as it is)
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Net(nn.Module):
         self._building: int | None = None  # index in self.param.layer of the layer being set up
         self._origins: list[int] = []
         self._split_sources: dict[str, str] = {}
+        self._anonymous_tops: set[str] = set()
         try:
             written = filter_net(param, self.state)
             self.param = insert_splits(written)
@@ -153,13 +157,20 @@ class Net(nn.Module):
     def _append_layer(
         self, layer_param: caffe_pb2.LayerParameter, generator: torch.Generator, filler_rng: CaffeRNG | None = None
     ) -> None:
-        if layer_param.name in self.layer_by_name:
-            raise NetBuildError("duplicate layer name", layer_param.name, layer_param.type)
+        # Caffe's Net::Init has no check that layer names are unique: a name used twice builds, and a look-up
+        # by name finds the last such layer (layer_names_index_), as layer_by_name does here.
         cls = layer_class(layer_param.type, layer_param.name)
         layer = cls(layer_param, self.phase)
         layer.generator = generator
         layer.filler_rng = filler_rng
-        check_counts(layer, len(layer_param.bottom), len(layer_param.top))
+        named_tops = len(layer_param.top)
+        if layer.is_loss and layer.num_tops and named_tops < layer.num_tops[0]:
+            # A LossLayer's AutoTopBlobs(): the tops it needs and the file leaves out are made anonymous, named
+            # "(automatic)", readable by no later layer and no output of the net, yet counted in its loss. The
+            # layer's parameter keeps the tops as written (Caffe's ToProto writes no "(automatic)" top).
+            layer.top_names.extend([AUTO_TOP] * (layer.num_tops[0] - named_tops))
+            self._anonymous_tops.add(AUTO_TOP)
+        check_counts(layer, len(layer_param.bottom), len(layer.top_names))
         bottom_shapes = []
         for j, blob in enumerate(layer_param.bottom):
             if blob not in self.blob_shapes:
@@ -174,11 +185,11 @@ class Net(nn.Module):
         except (ValueError, RuntimeError, IndexError, ZeroDivisionError, TypeError) as exc:
             shapes = ", ".join(f"{b} {list(s)}" for b, s in zip(layer_param.bottom, bottom_shapes))
             raise NetBuildError(f"set-up failed for bottoms [{shapes}]: {exc}", layer.name, cls.type_name) from None
-        if len(top_shapes) != len(layer_param.top):
+        if len(top_shapes) != len(layer.top_names):
             raise NetBuildError(
-                f"produces {len(top_shapes)} top(s) but {len(layer_param.top)} named", layer.name, cls.type_name
+                f"produces {len(top_shapes)} top(s) but {len(layer.top_names)} named", layer.name, cls.type_name
             )
-        for blob, shape in zip(layer_param.top, top_shapes):
+        for blob, shape in zip(layer.top_names, top_shapes):
             self.blob_shapes[blob] = tuple(int(d) for d in shape)
         self.loss_weights.append(self._layer_loss_weights(layer))
         self.layers.append(layer)
@@ -266,26 +277,37 @@ class Net(nn.Module):
             if self.contributes_loss[i]:
                 needed.update(layer.bottom_names)
         self.detach_bottoms = []
-        for layer in self.layers:
+        # Caffe's Net::AppendBottom: a layer's propagate_down, when given, decides each bottom's need for a
+        # gradient outright, so `true` makes one even for a bottom nothing else needs (a data layer's top, a
+        # frozen branch's), provided the layer feeds a loss. Such a bottom is read as a fresh leaf that wants
+        # a gradient; its diff is then that leaf's, and nothing flows on into the layer that produced it.
+        self.force_bottoms = []
+        for i, layer in enumerate(self.layers):
             flags = list(layer.param.propagate_down)
             if flags and len(flags) != len(layer.bottom_names):
                 raise layer.error(f"propagate_down has {len(flags)} values for {len(layer.bottom_names)} bottoms")
-            self.detach_bottoms.append([not f for f in flags] if flags else [False] * len(layer.bottom_names))
+            if not flags:
+                flags = [None] * len(layer.bottom_names)  # not given: each bottom as its producer leaves it
+            self.detach_bottoms.append([f is False for f in flags])
+            force = self.contributes_loss[i] and layer.has_backward and not layer.is_source
+            self.force_bottoms.append([f is True and force for f in flags])
         # What forward() needs of each layer, looked up once: (index, layer, bottom names or None for a source,
-        # detach flags or None, top names, loss weights or None).
+        # per-bottom modes or None (_DETACH, _FORCE), top names, loss weights or None).
         self._steps = [
             (
                 i,
                 layer,
                 None if layer.is_source else list(layer.bottom_names),
-                detach if any(detach) else None,
+                [_DETACH if d else _FORCE if f else 0 for d, f in zip(detach, force)] if any(detach + force) else None,
                 list(layer.top_names),
                 weights if any(weights) else None,
             )
-            for i, (layer, detach, weights) in enumerate(zip(self.layers, self.detach_bottoms, self.loss_weights))
+            for i, (layer, detach, force, weights) in enumerate(
+                zip(self.layers, self.detach_bottoms, self.force_bottoms, self.loss_weights)
+            )
         ]
         consumed = {b for layer in self.layers for b in layer.bottom_names}
-        self.output_names = [b for b in self.blob_shapes if b not in consumed]
+        self.output_names = [b for b in self.blob_shapes if b not in consumed and b not in self._anonymous_tops]
         self.input_names = [t for layer in self.layers if layer.is_source for t in layer.top_names]
 
     def _plan_soft_target_caches(self) -> None:
@@ -354,7 +376,7 @@ class Net(nn.Module):
             else:
                 bottoms = [values[b] for b in bottom_names]
                 if detach:
-                    bottoms = [b.detach() if d else b for b, d in zip(bottoms, detach)]
+                    bottoms = self._bottoms_as_propagated(bottoms, bottom_names, detach, grad_enabled, first)
                 tops = self._run(layer, bottoms, i, grad_enabled, hooked)
             for name, top in zip(top_names, tops):
                 values[name] = top
@@ -379,6 +401,20 @@ class Net(nn.Module):
         object.__setattr__(self, "_first_values", first)
         object.__setattr__(self, "loss", loss)
         return {name: values[name] for name in self.output_names}
+
+    def _bottoms_as_propagated(self, bottoms, names, modes, grad_enabled: bool, first: dict) -> list[torch.Tensor]:
+        """A layer's bottoms under its propagate_down: detached where false; where true on a bottom that wants
+        no gradient, a leaf that does (its diff is that leaf's)."""
+        result = []
+        for bottom, name, mode in zip(bottoms, names, modes):
+            if mode == _DETACH:
+                bottom = bottom.detach()
+            elif mode == _FORCE and grad_enabled and not bottom.requires_grad and bottom.is_floating_point():
+                bottom = bottom.detach().requires_grad_(True)
+                if self.retain_diffs and (name not in first or not first[name].requires_grad):
+                    first[name] = bottom
+            result.append(bottom)
+        return result
 
     def _source_tops(self, layer: Layer, feeds: dict, force: bool) -> list[torch.Tensor]:
         if all(t in feeds for t in layer.top_names):
@@ -412,7 +448,8 @@ class Net(nn.Module):
     def backward(self) -> None:
         if self.loss is None:
             raise NetBuildError(f"net '{self.name}' has no loss to back-propagate")
-        self.loss.backward()
+        if self.loss.requires_grad:  # else no layer needs backward (Caffe's Net::Backward then does nothing)
+            self.loss.backward()
 
     def clear_param_diffs(self) -> None:
         for p in self.parameters():

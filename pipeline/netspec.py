@@ -31,8 +31,11 @@ def state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) ->
     return not any(stage in state.stage for stage in rule.not_stage)
 
 
-def filter_net(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState) -> caffe_pb2.NetParameter:
-    """Keep the layers whose include/exclude rules admit `state` (Caffe's Net::FilterNet)."""
+def filter_net(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState | None = None) -> caffe_pb2.NetParameter:
+    """Keep the layers whose include/exclude rules admit `state` (by default the net's own `state`), as Caffe's
+    Net::FilterNet does. Everything else is copied as written: the result's `state` is the input's (none if it
+    had none), never `state`."""
+    state = net.state if state is None else state
     filtered = caffe_pb2.NetParameter()
     filtered.CopyFrom(net)
     del filtered.layer[:]
@@ -45,7 +48,6 @@ def filter_net(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState) -> caffe_
             keep = not any(state_meets_rule(state, rule) for rule in layer.exclude)
         if keep:
             filtered.layer.add().CopyFrom(layer)
-    filtered.state.CopyFrom(state)
     return filtered
 
 

@@ -233,7 +233,7 @@ def copy_weights(net, path: str | Path, rename: dict[str, str] | None = None) ->
             return copy_layer_blobs(net, layers, str(path), rename)
     with _caffemodel_errors(path):
         layers = scan_caffemodel(path)
-    return copy_layer_blobs(net, layers, str(path), rename)
+    return copy_layer_blobs(net, layers, str(path), rename, first_of_name=True)
 
 
 @contextmanager
@@ -262,17 +262,31 @@ def shared_non_owners(net) -> set[tuple[str, int]]:
 
 
 def copy_layer_blobs(
-    net, source: Mapping[str, object] | Iterable[tuple[str, object]], origin: str, rename: dict[str, str] | None = None
+    net,
+    source: Mapping[str, object] | Iterable[tuple[str, object]],
+    origin: str,
+    rename: dict[str, str] | None = None,
+    first_of_name: bool = False,
 ) -> CopyReport:
     """Copy `source` ({layer: blobs} or [(layer, blobs)]) into `net`. Blobs may be arrays, BlobProtos, BlobRefs,
-    or an H5Layer (Caffe's HDF5 rules)."""
+    or an H5Layer (Caffe's HDF5 rules).
+
+    Where the net has several layers of one name, the file's layer of that name goes to the last of them, as
+    Caffe's CopyTrainedLayersFromHDF5 finds it (layer_names_index_), or with `first_of_name` to the first, as
+    CopyTrainedLayersFrom(NetParameter) finds it for a binary caffemodel (a scan from the first layer)."""
     report = CopyReport()
     rename = rename or {}
     shared = None
+    by_name = net.layer_by_name
+    if first_of_name:
+        by_name = {}
+        for layer in net.layers:
+            by_name.setdefault(layer.name, layer)
+    filled: set[int] = set()
     items = source.items() if isinstance(source, Mapping) else source
     for file_name, blobs in items:
         name = rename.get(file_name, file_name)
-        layer = net.layer_by_name.get(name)
+        layer = by_name.get(name)
         if layer is None:
             report.ignored.append(file_name)
             log.info("Ignoring source layer %s", file_name)
@@ -303,8 +317,8 @@ def copy_layer_blobs(
                 raise WeightsError(f"{origin}: layer '{name}' blob {i}: {where}")
         if targets:
             report.copied.append(name)
-    copied = set(report.copied)
-    report.missing = [layer.name for layer in net.layers if layer.blobs and layer.name not in copied]
+            filled.add(id(layer))
+    report.missing = [layer.name for layer in net.layers if layer.blobs and id(layer) not in filled]
     return report
 
 
@@ -401,7 +415,16 @@ def save_caffemodel(net, path: str | Path) -> None:
 
 
 def save_caffemodel_h5(net, path: str | Path) -> None:
-    """Caffe's net.save_hdf5(): data/<layer>/<i>, shared blobs stored by their owner only."""
+    """Caffe's net.save_hdf5(): data/<layer>/<i>, shared blobs stored by their owner only. A net with two layers
+    of one name is refused: Caffe's Net::ToHDF5 makes a group per layer and fails on the second (a
+    .caffemodel, like Caffe's Net::ToProto, writes every layer)."""
+    names = [layer.name for layer in net.layers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise WeightsError(
+            f"{path}: layer name(s) {', '.join(repr(n) for n in twice)} used more than once: an HDF5 file holds "
+            "one group per name (Caffe's HDF5 snapshot fails on them too): save a .caffemodel instead"
+        )
     shared = shared_non_owners(net)
     layers = (
         (

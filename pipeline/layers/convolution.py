@@ -1,4 +1,5 @@
-"""Convolution and Deconvolution, 1-D to 3-D spatial, with Caffe's kernel/stride/pad/dilation forms."""
+"""Convolution and Deconvolution, 0-D (Caffe's inner product over channels) to 3-D spatial, with Caffe's
+kernel/stride/pad/dilation forms."""
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,9 @@ class _ConvBase(Layer):
             )
         self.axis = canonical_axis(self, p.axis, len(shape))
         n = len(shape) - self.axis - 1
-        self.check(n in _CONV, f"{n} spatial axes are not supported (1 to 3 are)")
+        # 0 spatial axes is Caffe's too (BaseConvolutionLayer: num_spatial_axes_ >= 0): an inner product over the
+        # channel axis by groups, its kernel, stride, pad and dilation given once or not at all, and ignored.
+        self.check(n == 0 or n in _CONV, f"{n} spatial axes are not supported (0 to 3 are)")
         self.check(p.num_output > 0, "convolution_param.num_output must be set and positive")
         self.kernel = spatial_param(self, p, "kernel_size", n, 0)
         self.check(all(k > 0 for k in self.kernel), "kernel size must be given and positive")
@@ -110,6 +113,8 @@ class Convolution(_ConvBase):
     def compute(self, x):
         if caffe_blas.active(x):
             return ConvolutionGemm.apply(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
+        if not self.kernel:  # 0-D: a 1-D convolution over a length-1 axis computes the same product
+            return F.conv1d(x[..., None], self.weight[..., None], self.bias, 1, 0, 1, self.group)[..., 0]
         conv = _CONV[len(self.kernel)]
         weight = self.weight
         if _prefers_channels_last(x):
@@ -134,5 +139,7 @@ class Deconvolution(_ConvBase):
             return DeconvolutionGemm.apply(
                 x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group, out_hw
             )
+        if not self.kernel:
+            return F.conv_transpose1d(x[..., None], self.weight[..., None], self.bias, 1, 0, 0, self.group)[..., 0]
         deconv = _DECONV[len(self.kernel)]
         return deconv(x, self.weight, self.bias, self.stride, self.pad, 0, self.group, self.dilation)

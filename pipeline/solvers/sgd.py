@@ -19,7 +19,7 @@ from pipeline import caffe_blas
 from pipeline.errors import SolverError
 from pipeline.ops.caffe_math import caffe_axpby, caffe_sumsq
 from pipeline.solvers.base import Solver, fmt
-from pipeline.solvers.lr_policy import LrState, check_policy, learning_rate
+from pipeline.solvers.lr_policy import LrState, learning_rate
 from pipeline.solvers.registry import register_solver
 
 f32 = np.float32
@@ -31,7 +31,8 @@ class SGDSolver(Solver):
     history_per_param = 1
 
     def pre_solve(self) -> None:
-        check_policy(self.param)
+        # The lr_policy is not checked here: Caffe's SGDSolver::GetLearningRate rejects an unknown (or absent)
+        # one only when it computes a rate, so a solver that never steps (max_iter 0, tests only) runs without.
         self.check_hyperparameters()
         self.params = self.net.learnable_params
         # Laid out like their parameters (Convolution keeps NHWC weights): the update's element-wise ops then

@@ -9,11 +9,16 @@ def share_weights(src, dst) -> list[str]:
     """Make every blob of each `dst` layer the very tensor of the `src` layer of the same name.
 
     Layers only `dst` has keep their own blobs; layers only `src` has are ignored. Returns the shared layer names.
+    A name several layers share: each `src` layer of that name in turn gives its blobs to the first `dst` layer
+    of the name (so the last one's stay), the other `dst` layers keep theirs, as Caffe's scan does.
     """
     shared = []
+    first: dict[str, object] = {}
     for layer in dst.layers:
-        source = src.layer_by_name.get(layer.name)
-        if source is None:
+        first.setdefault(layer.name, layer)
+    for source in src.layers:
+        layer = first.get(source.name)
+        if layer is None:
             continue
         mine = [a for a in layer.blob_names if getattr(layer, a, None) is not None]
         theirs = [getattr(source, a) for a in source.blob_names if getattr(source, a, None) is not None]
@@ -33,7 +38,8 @@ def share_weights(src, dst) -> list[str]:
                     f"({_phase(dst)})"
                 )
             setattr(layer, attr, tensor)
-        shared.append(layer.name)
+        if layer.name not in shared:
+            shared.append(layer.name)
     return shared
 
 
