@@ -151,6 +151,25 @@ def forget() -> None:
     _RECENT.clear()
 
 
+def paths_holding(match) -> list[str]:
+    """The paths of the recently parsed net texts, newest first, that hold a layer (as written) for which
+    `match(layer)` is true. Each text is parsed afresh: for rare look-ups, such as the folder of the prototxt a
+    Python layer came from."""
+    from google.protobuf import text_format
+
+    from pipeline.proto import caffe_pb2
+
+    found: list[str] = []
+    for read in reversed(_RECENT):
+        try:
+            net = text_format.Parse(read.text, caffe_pb2.NetParameter())
+        except Exception:  # noqa: BLE001 - a text we cannot read back holds nothing
+            continue
+        if read.path not in found and any(match(layer) for layer in net.layer):
+            found.append(read.path)
+    return found
+
+
 def locate(layers, index: int) -> Location | None:
     """Where `layers[index]` (a LayerParameter of the net `layers` as written, before Split insertion) was
     written, or None when no recently parsed text holds it."""
