@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from pipeline.blobs import BlobRef, encode_blob_parts, scan_blob
 from pipeline.errors import PipelineError, WeightsError
 from pipeline.proto import caffe_pb2
+from pipeline.upgrade import upgrade_net
 from pipeline.upgrade_v1 import V0_TYPES, V1_TYPE_NAMES
 from pipeline.wire import LEN, VARINT, WireError, iter_fields, len_header, split_at_field
 
@@ -87,8 +88,6 @@ def _text_hint(path: Path) -> str:
 
 def upgrade_caffemodel(net: caffe_pb2.NetParameter, path: str | Path) -> caffe_pb2.NetParameter:
     """upgrade_net with its errors as WeightsErrors (the file is a weights file)."""
-    from pipeline.upgrade import upgrade_net
-
     try:
         return upgrade_net(net, str(path))
     except PipelineError as exc:

@@ -7,9 +7,16 @@ template, rewrites it that way and returns its layers as prototxt text.
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 from google.protobuf import text_format
 
+from pipeline.errors import TemplateError
 from pipeline.proto import caffe_pb2
+from pipeline.prototxt_parse import parse_text
+from pipeline.template import PROJECT_PROTOTXT_DIR, register_global, render_file
+from pipeline.upgrade import upgrade_net
 
 SOURCE_TYPES = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "WindowData"}
 SCORE_TYPES = {"Accuracy", "Silence"}
@@ -95,17 +102,9 @@ def embed_net(
     **variables,
 ) -> str:
     """Render and parse `template` (found beside the including file or in prototxt/), return its layers."""
-    from pathlib import Path
-
-    from pipeline.prototxt import parse_text
-    from pipeline.template import PROJECT_PROTOTXT_DIR, render_file
-    from pipeline.upgrade import upgrade_net
-
     here = Path(search_from).resolve().parent if search_from != "<string>" else Path.cwd()
     path = next((d / template for d in (here, PROJECT_PROTOTXT_DIR) if (d / template).exists()), None)
     if path is None:
-        from pipeline.errors import TemplateError
-
         raise TemplateError(f"embed_net: template '{template}' not found beside {search_from} or in prototxt/")
     net = upgrade_net(parse_text(render_file(path, variables), caffe_pb2.NetParameter(), str(path)), str(path))
     keep = not drop_sources if keep_phase_rules is None else keep_phase_rules
@@ -115,3 +114,6 @@ def embed_net(
 
 def _indent(text: str) -> str:
     return "".join("  " + line + "\n" for line in text.splitlines())
+
+
+register_global("embed_net", lambda path: functools.partial(embed_net, search_from=path))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ast
 import difflib
-import functools
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
@@ -21,6 +21,17 @@ from jinja2.sandbox import SandboxedEnvironment
 from pipeline.errors import TemplateError
 
 PROJECT_PROTOTXT_DIR = Path(__file__).resolve().parent.parent / "prototxt"
+
+# Functions that other modules make callable in every template (compose registers `embed_net`): name ->
+# factory given the path of the template being rendered. A hook, so that this module imports none of them.
+_GLOBAL_HOOKS: dict[str, Callable[[str], object]] = {}
+
+
+def register_global(name: str, factory: Callable[[str], object]) -> None:
+    """Make `name` callable in templates: `factory(path of the template)` gives the function."""
+    if name in _GLOBAL_HOOKS and _GLOBAL_HOOKS[name] is not factory:
+        raise ValueError(f"template global '{name}' is registered twice")
+    _GLOBAL_HOOKS[name] = factory
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, object]:
@@ -46,7 +57,7 @@ def template_variables(path: str | Path) -> set[str]:
     path = Path(path)
     search = [path.resolve().parent, PROJECT_PROTOTXT_DIR]
     env = _environment(search)
-    builtins = set(env.globals) | {"embed_net", "fail"}
+    builtins = set(env.globals) | set(_GLOBAL_HOOKS) | {"fail"}
     names: set[str] = set()
     seen: set[Path] = set()
     pending = [path]
@@ -112,10 +123,8 @@ def render_text(text: str, variables: dict | None = None, path: str = "<string>"
     """Render template text. `path` names the file in errors and is where includes are looked up first."""
     here = Path(path).resolve().parent if path != "<string>" else Path.cwd()
     env = _environment([here, PROJECT_PROTOTXT_DIR])
-    # Imported here: compose renders the embedded template through this module.
-    from pipeline.compose import embed_net
-
-    env.globals["embed_net"] = functools.partial(embed_net, search_from=path)
+    for name, factory in _GLOBAL_HOOKS.items():
+        env.globals[name] = factory(path)
     env.globals["fail"] = _fail
     try:
         template = env.from_string(text)

@@ -82,6 +82,7 @@ def test_fail_global_reports_the_templates_own_message(tmp_path):
 
 # ----- which variables a template reads (for --set's rule: template variable, else solver field, else error) --
 def test_template_variables_follow_defaults_tests_includes_and_imports(tmp_path):
+    import pipeline.compose  # noqa: F401  (registers embed_net, a template function and no variable)
     from pipeline.template import ANY, template_variables
 
     (tmp_path / "part.prototxt").write_text("{{ from_include }}")

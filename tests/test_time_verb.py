@@ -10,7 +10,7 @@ LENET = "prototxt/lenet.prototxt"
 
 
 def test_warm_up_runs_and_is_left_out_of_the_averages(capsys, monkeypatch):
-    real = time_verb._layer_times
+    real = time_verb.layer_times
     calls = []
 
     def layer_times(net, device):
@@ -20,7 +20,7 @@ def test_warm_up_runs_and_is_left_out_of_the_averages(capsys, monkeypatch):
         value = 1000.0 if len(calls) == 1 else 2.0
         return [value] * len(forward), [value] * len(backward)
 
-    monkeypatch.setattr(time_verb, "_layer_times", layer_times)
+    monkeypatch.setattr(time_verb, "layer_times", layer_times)
     iterations = 3
     argv = ["time", "--model", LENET, "--set", "data=dummy", "--set", "batch=2", "--iterations", str(iterations)]
     assert main(argv) == 0

@@ -15,7 +15,8 @@ from pipeline.errors import WeightsError
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
 from pipeline.prototxt import read_net
-from pipeline.upgrade import net_needs_upgrade, upgrade_net_proto_binary, upgrade_net_proto_text
+from pipeline.upgrade import net_needs_upgrade
+from pipeline.upgrade_tools import upgrade_net_proto_binary, upgrade_net_proto_text
 from pipeline.weights import read_caffemodel
 
 V1_CASES = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.upgrade import upgrade_tool_main  # noqa: E402
+from pipeline.upgrade_tools import upgrade_tool_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(upgrade_tool_main("text"))

@@ -18,6 +18,7 @@ import torch
 from pipeline.cli import add_net_arguments, command
 from pipeline.cli._common import load_net
 from pipeline.glog import get_logger, setup_logging
+from pipeline.net_timing import layer_times, sync
 
 
 def add_arguments(parser):
@@ -25,62 +26,13 @@ def add_arguments(parser):
     parser.add_argument("--iterations", type=int, default=50, help="number of timed iterations")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _layer_times(net, device) -> tuple[list[float], list[float]]:
-    """One forward of the net, layer by layer, timing each layer's forward and its own backward."""
-    forward_ms, backward_ms = [], []
-    values = {}
-    # Like Caffe's bottom_need_backward: a blob carries a gradient only if a learnable parameter lies upstream
-    # (or force_backward), so e.g. a Dropout on the data times no backward, as in training.
-    needs_grad: dict[str, bool] = {}
-    for i, layer in enumerate(net.layers):
-        if layer.is_source:
-            start = time.perf_counter()
-            tops = net._source_tops(layer, {}, False)
-            _sync(device)
-            forward_ms.append((time.perf_counter() - start) * 1e3)
-            backward_ms.append(0.0)
-            needs_grad.update(dict.fromkeys(layer.top_names, net.force_backward))
-        else:
-            flows = [needs_grad[b] and not d for b, d in zip(layer.bottom_names, net.detach_bottoms[i])]
-            learns = any(p.requires_grad for p in layer.parameters())
-            needs_grad.update(dict.fromkeys(layer.top_names, any(flows) or learns))
-            bottoms = [
-                values[b].detach().requires_grad_(flow and values[b].is_floating_point())
-                for b, flow in zip(layer.bottom_names, flows)
-            ]
-            start = time.perf_counter()
-            tops = net._run(layer, bottoms, i)
-            _sync(device)
-            forward_ms.append((time.perf_counter() - start) * 1e3)
-            backward_ms.append(_backward_ms(tops, bottoms, layer, device))
-        values.update(zip(layer.top_names, tops))
-    return forward_ms, backward_ms
-
-
-def _backward_ms(tops, bottoms, layer, device) -> float:
-    outputs = [t for t in tops if t.requires_grad]
-    inputs = [b for b in bottoms if b.requires_grad] + [p for p in layer.parameters() if p.requires_grad]
-    if not outputs or not inputs:
-        return 0.0
-    grads = [torch.ones_like(t) for t in outputs]
-    start = time.perf_counter()
-    torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
-    _sync(device)
-    return (time.perf_counter() - start) * 1e3
-
-
 def _warm_up(net, device) -> None:
     """The untimed backward of the forward just run, then one untimed pass of the per-layer timing."""
     if net.loss is not None and net.loss.requires_grad:
         net.loss.backward()
         net.clear_param_diffs()
-    _sync(device)
-    _layer_times(net, device)
+    sync(device)
+    layer_times(net, device)
 
 
 @command("time", "benchmark forward and backward, whole net and per layer (TRAIN phase by default)")
@@ -103,17 +55,17 @@ def run(args) -> int:
     for iteration in range(1, args.iterations + 1):
         start = time.perf_counter()
         net()
-        _sync(device)
+        sync(device)
         middle = time.perf_counter()
         if net.loss is not None and net.loss.requires_grad:
             net.loss.backward()
             net.clear_param_diffs()
-        _sync(device)
+        sync(device)
         end = time.perf_counter()
         forward_total += (middle - start) * 1e3
         backward_total += (end - middle) * 1e3
         log.info("Iteration: %d forward-backward time: %.3g ms.", iteration, (end - start) * 1e3)
-        fwd, bwd = _layer_times(net, device)
+        fwd, bwd = layer_times(net, device)
         per_layer_fwd = [a + b for a, b in zip(per_layer_fwd, fwd)]
         per_layer_bwd = [a + b for a, b in zip(per_layer_bwd, bwd)]
     total_ms = (time.perf_counter() - start_all) * 1e3

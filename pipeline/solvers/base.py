@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
+import pipeline.solvers.snapshot as snap
 from pipeline import caffe_blas
 from pipeline.caffe_rng import CaffeRNG
 from pipeline.errors import SolverError
 from pipeline.glog import get_logger
 from pipeline.proto import caffe_pb2
-from pipeline.solvers import snapshot as snap
 from pipeline.solvers.diagnose import first_nonfinite
 from pipeline.solvers.nets import build, collect_nets, read_solver_param
 from pipeline.solvers.registry import solver_class

@@ -3,7 +3,7 @@
 The Solver records no timings, so PhaseTimer wraps the methods of one solver *instance* (its train net's
 forward and backward, its source layers, apply_update, test): the Solver class and every other solver are
 untouched, and the cost is two clock reads per call. Per-layer milliseconds come from `caffe time`'s own
-measurement (pipeline/cli/time.py), run for a few iterations on the trained net after training.
+measurement (pipeline/net_timing.py), run for a few iterations on the trained net after training.
 
     timer = PhaseTimer.attach(solver)
     solver.solve()
@@ -16,6 +16,8 @@ import functools
 import time
 
 import torch
+
+from pipeline.net_timing import layer_times
 
 PHASES = ("data", "forward", "backward", "update", "test", "other")
 
@@ -92,8 +94,6 @@ def layer_timings(net, iterations: int = 3) -> list[dict]:
     """Mean forward and backward milliseconds of every layer of `net` over `iterations` passes (`caffe time`'s
     per-layer measurement; each pass reads one batch from the data layers). A layer that training runs without
     a backward (a frozen teacher, a layer no loss depends on) gets backward 0 and "backward": False."""
-    from pipeline.cli.time import _layer_times
-
     if iterations <= 0:
         return []
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
@@ -104,7 +104,7 @@ def layer_timings(net, iterations: int = 3) -> list[dict]:
     try:
         trained = _backward_layers(net)
         for _ in range(iterations):
-            fwd, bwd = _layer_times(net, device)
+            fwd, bwd = layer_times(net, device)
             forward = [a + b for a, b in zip(forward, fwd)]
             backward = [a + b for a, b in zip(backward, bwd)]
     finally:
