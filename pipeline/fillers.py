@@ -17,30 +17,27 @@ import torch
 from pipeline.caffe_rng import CaffeRNG
 from pipeline.errors import NetBuildError
 from pipeline.proto import caffe_pb2
+from pipeline.registry import Registry
 
 Filler = Callable[[caffe_pb2.FillerParameter, tuple, "torch.Generator | CaffeRNG | None"], torch.Tensor]
-_FILLERS: dict[str, Filler] = {}
+FILLERS: Registry[Filler] = Registry("filler")
 
 
 def register_filler(name: str):
-    def decorate(fn: Filler) -> Filler:
-        _FILLERS[name] = fn
-        return fn
-
-    return decorate
+    return FILLERS.register(name)
 
 
 def fill(param: caffe_pb2.FillerParameter, shape: tuple, generator: torch.Generator | None = None) -> torch.Tensor:
     shape = tuple(int(d) for d in shape)
     check_filler(param, shape)
-    return _FILLERS[param.type](param, shape, generator).to(torch.float32)
+    return FILLERS.get(param.type)(param, shape, generator).to(torch.float32)
 
 
 def check_filler(param: caffe_pb2.FillerParameter, shape: tuple) -> None:
     """Raise the errors Caffe's filler would abort with on this blob shape, without drawing any numbers."""
     kind = param.type
-    if kind not in _FILLERS:
-        raise NetBuildError(f"unknown filler type '{kind}'. Known fillers: {', '.join(sorted(_FILLERS))}")
+    if kind not in FILLERS:
+        raise NetBuildError(f"unknown filler type '{kind}'. Known fillers: {', '.join(FILLERS.keys())}")
     where = f"filler '{kind}' on a blob of shape {list(shape)}"
     if kind == "gaussian":
         if param.sparse < -1:
@@ -171,4 +168,4 @@ def bilinear(param, shape, generator):
 
 
 def known_fillers() -> list[str]:
-    return sorted(_FILLERS)
+    return FILLERS.keys()

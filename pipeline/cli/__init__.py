@@ -14,16 +14,18 @@ import sys
 from collections.abc import Callable
 
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 
-_COMMANDS: dict[str, tuple[Callable, str]] = {}
+#: verb -> run(args) -> int; its help text is the function's `help` attribute.
+COMMANDS: Registry[Callable] = Registry("command")
 
 
 def command(name: str, help: str):
     """Decorator for `run(args) -> int`; the function's `add_arguments(parser)` attribute adds its flags."""
 
     def decorate(run):
-        _COMMANDS[name] = (run, help)
-        return run
+        run.help = help
+        return COMMANDS.register(name)(run)
 
     return decorate
 
@@ -37,9 +39,9 @@ def _load_commands() -> None:
 def build_parser() -> argparse.ArgumentParser:
     _load_commands()
     parser = argparse.ArgumentParser(prog="caffe-pipeline", description="Caffe's command line, on PyTorch.")
-    verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(sorted(_COMMANDS)) + "}")
-    for name in sorted(_COMMANDS):
-        run, help_text = _COMMANDS[name]
+    verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(COMMANDS.keys()) + "}")
+    for name, run in COMMANDS.items():
+        help_text = run.help
         sub = verbs.add_parser(name, help=help_text, description=help_text)
         # Looked up now, not at decoration: modules attach `run.add_arguments` after the decorator ran.
         getattr(run, "add_arguments", lambda parser: None)(sub)

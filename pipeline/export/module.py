@@ -24,6 +24,7 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.layers.base import TEST, Layer
 from pipeline.proto import caffe_pb2
+from pipeline.registry import Registry
 
 
 class ExportError(PipelineError):
@@ -31,7 +32,7 @@ class ExportError(PipelineError):
 
 
 #: Caffe type -> forward(layer, *bottoms) used instead of the layer's own when exporting.
-EXPORT_FORWARDS: dict[str, Callable] = {}
+EXPORT_FORWARDS: Registry[Callable] = Registry("export forward")
 #: Types whose forward cannot be exported at all, with the reason (checked before tracing, for a clear error).
 NOT_EXPORTABLE = {
     "Filter": "its output size depends on the values of its selector input",
@@ -40,12 +41,7 @@ NOT_EXPORTABLE = {
 
 
 def export_forward(*type_names: str):
-    def decorate(fn):
-        for name in type_names:
-            EXPORT_FORWARDS[name] = fn
-        return fn
-
-    return decorate
+    return EXPORT_FORWARDS.register(*type_names)
 
 
 @export_forward("Split", "Dropout")
@@ -213,7 +209,7 @@ class DeployModule(nn.Module):
         values = dict(zip(self.input_names, inputs))
         for layer in self.layers:
             bottoms = [values[b] for b in layer.bottom_names]
-            special = EXPORT_FORWARDS.get(layer.type_name)
+            special = EXPORT_FORWARDS.get(layer.type_name) if layer.type_name in EXPORT_FORWARDS else None
             tops = special(layer, *bottoms) if special is not None else layer(*bottoms)
             if isinstance(tops, torch.Tensor):
                 tops = (tops,)

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.errors import SolverError
 from pipeline.ops.libm import float_libm
 from pipeline.proto import caffe_pb2
+from pipeline.registry import Registry
 
 f32 = np.float32
 
@@ -53,15 +54,11 @@ class LrState:
 
 
 Policy = Callable[[caffe_pb2.SolverParameter, LrState], np.float32]
-_POLICIES: dict[str, Policy] = {}
+POLICIES: Registry[Policy] = Registry("lr_policy")
 
 
 def register_policy(name: str):
-    def decorate(fn: Policy) -> Policy:
-        _POLICIES[name] = fn
-        return fn
-
-    return decorate
+    return POLICIES.register(name)
 
 
 def _need_gamma(p: caffe_pb2.SolverParameter) -> None:
@@ -133,11 +130,11 @@ def sigmoid(p, s):
 
 
 def known_policies() -> list[str]:
-    return sorted(_POLICIES)
+    return POLICIES.keys()
 
 
 def check_policy(param: caffe_pb2.SolverParameter) -> None:
-    if param.lr_policy not in _POLICIES:
+    if param.lr_policy not in POLICIES:
         raise SolverError(f"unknown lr_policy '{param.lr_policy}'. Known policies: {', '.join(known_policies())}")
 
 
@@ -145,4 +142,4 @@ def learning_rate(param: caffe_pb2.SolverParameter, state: LrState) -> np.float3
     """The float32 rate for iteration `state.iter` (may advance `state.current_step`, as Caffe does)."""
     check_policy(param)
     with np.errstate(over="ignore", under="ignore"):
-        return _POLICIES[param.lr_policy](param, state)
+        return POLICIES.get(param.lr_policy)(param, state)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from pipeline.errors import SolverError
+from pipeline.registry import Registry
 
-_SOLVERS: dict[str, type] = {}
+SOLVERS: Registry[type] = Registry("solver type")
 
 
 def register_solver(*type_names: str):
-    """Class decorator: `@register_solver("SGD")`."""
+    """Class decorator: `@register_solver("SGD")`. A type registered twice is a programming error."""
 
     def decorate(cls):
-        for name in type_names:
-            if name in _SOLVERS:
-                raise RuntimeError(f"solver type {name!r} registered twice ({_SOLVERS[name].__name__}, {cls.__name__})")
-            _SOLVERS[name] = cls
+        SOLVERS.register(*type_names)(cls)
         cls.type_name = type_names[0]
         return cls
 
@@ -22,12 +20,10 @@ def register_solver(*type_names: str):
 
 
 def solver_class(type_name: str):
-    try:
-        return _SOLVERS[type_name]
-    except KeyError:
-        known = ", ".join(known_solvers())
-        raise SolverError(f"unknown solver type '{type_name}'. Known types: {known}") from None
+    if type_name not in SOLVERS:
+        raise SolverError(f"unknown solver type '{type_name}'. Known types: {', '.join(known_solvers())}")
+    return SOLVERS.get(type_name)
 
 
 def known_solvers() -> list[str]:
-    return sorted(_SOLVERS)
+    return SOLVERS.keys()
