@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import pipeline.compose  # noqa: F401  (embed_net is a template function, not a variable, in template_variables)
 from pipeline.errors import PipelineError
 from pipeline.glog import get_logger
 from pipeline.net import Net, build_net
