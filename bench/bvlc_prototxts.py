@@ -5,7 +5,7 @@
 CAFFE is a BVLC Caffe checkout: a plain folder, or a git repository (bare or not; read with `git show`, at the
 tag `1.0` when it has one, else HEAD). Without it, $BVLC_CAFFE_DIR. Solver prototxts are skipped.
 
-Each net is built (pipeline.net.Net: shapes, parameters, fillers; no forward) in each state Caffe would build it
+Each net is built (pipeline.net.net.Net: shapes, parameters, fillers; no forward) in each state Caffe would build it
 in: TRAIN and TEST, and for a phase whose include rules name stages (mnist_autoencoder's test-on-train and
 test-on-test, which its solvers select), once per stage. Data layers whose sources are not here (Data,
 ImageData, HDF5Data, WindowData, MemoryData) become DummyData layers with the same name, tops and rules and the
@@ -181,8 +181,8 @@ class Row:
 
 def build_all(checkout: Checkout, files: list[str] | None = None) -> list[Row]:
     from pipeline.net import Net
-    from pipeline.prototxt import parse_text
-    from pipeline.upgrade import upgrade_net
+    from pipeline.text.prototxt import parse_text
+    from pipeline.text.upgrade import upgrade_net
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

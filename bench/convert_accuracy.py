@@ -95,7 +95,7 @@ REQUIRED = ("lenet_v2", "lenet_v1", "cifar10_quick_v1", "cifar10_full_h5")
 def test_set(spec: RealModel, shared: Path = SHARED) -> tuple[np.ndarray, np.ndarray]:
     """The preprocessed float32 test images (N, C, H, W) and their labels, as the model's data layer makes them."""
     from pipeline.data.datasets import load_mnist, read_cifar_batch
-    from pipeline.weights import read_mean
+    from pipeline.weights.io import read_mean
 
     if spec.dataset == "mnist":
         images, labels = load_mnist(shared / "data" / "mnist", "test")

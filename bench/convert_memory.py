@@ -62,7 +62,7 @@ def _phase(results: dict, name: str, fn):
 
 
 def _vgg_param():
-    from pipeline.prototxt import read_net
+    from pipeline.text.prototxt import read_net
 
     return read_net(ROOT / "prototxt" / "vgg16.prototxt", {"deploy": True, "deploy_batch": 1})
 
@@ -71,7 +71,7 @@ def child_generate(path: Path) -> dict:
     import torch
 
     from pipeline.export.deploy import build_net_for_weights
-    from pipeline.weights import save_caffemodel
+    from pipeline.weights.io import save_caffemodel
 
     net, _ = build_net_for_weights(_vgg_param(), [], source="vgg16")
     generator = torch.Generator().manual_seed(1701)

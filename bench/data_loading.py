@@ -26,7 +26,7 @@ from pipeline.data import datasets  # noqa: E402
 from pipeline.data.convert import compute_image_mean, convert_cifar, write_images  # noqa: E402
 from pipeline.data.prefetch import data_layers, data_wait_seconds  # noqa: E402
 from pipeline.net import Net  # noqa: E402
-from pipeline.prototxt import read_net  # noqa: E402
+from pipeline.text.prototxt import read_net  # noqa: E402
 
 TARGET = 0.05
 

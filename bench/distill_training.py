@@ -73,7 +73,7 @@ def solver_for(kind: str, args, cache: bool = True, batch: int = BATCH):
         solver = build_solver("solvers/teacher_student_solver.prototxt", variables)
         # The teacher's weights: any LeNet does for costs; a trained one when given (renamed under t_).
         if args.teacher:
-            from pipeline.weights_map import load_weights, parse_weights_map
+            from pipeline.weights.name_map import load_weights, parse_weights_map
 
             load_weights(solver, args.teacher, parse_weights_map("*=t_*"))
     solver.progress = False

@@ -29,7 +29,7 @@ import statistics
 
 from bench.common import interleaved_samples, machine, paired_ratio  # noqa: E402
 from pipeline.net import Net  # noqa: E402
-from pipeline.prototxt import read_net  # noqa: E402
+from pipeline.text.prototxt import read_net  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

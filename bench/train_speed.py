@@ -5,7 +5,7 @@
 Runs the real Caffe speed cases of ../shared/caffe-reference/speed (LeNet 500 iterations, CIFAR10-quick 200,
 HDF5 data, no test net, display 100), alternating ours and the hand-written loop. Targets (issue 3): ours at
 most 1.1x slower than the hand-written loop; twice Caffe's iterations/s. `--caffe-blas` also times the
-bit-exact mode (pipeline/caffe_blas.py), which has no target but Caffe's own numbers.
+bit-exact mode (pipeline/exact/caffe_blas.py), which has no target but Caffe's own numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine  # noqa: E402
 from bench.net_overhead import ChannelsLast, HandCifarQuick, HandLeNet  # noqa: E402
-from pipeline.caffe_blas import exact_blas  # noqa: E402
+from pipeline.exact.caffe_blas import exact_blas  # noqa: E402
 from pipeline.glog import setup_logging  # noqa: E402
 from pipeline.solvers import build_solver, read_solver_param  # noqa: E402
 

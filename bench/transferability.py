@@ -49,11 +49,11 @@ def _transfer(kind, n, base_a, base_b, split_b, settings, seed):
 
 def features_baseline(base_a: dict, split_b, settings, seed: int) -> list[dict]:
     """baseA's ip2 features of task B, classified by scikit-learn (fit on B's training images, scored on its test)."""
-    from pipeline.layers.memory_data import set_input_arrays
     from pipeline.net import Net
-    from pipeline.prototxt import net_from_string
+    from pipeline.net.layers.memory_data import set_input_arrays
+    from pipeline.text.prototxt import net_from_string
     from pipeline.transfer import features as ft
-    from pipeline.weights import copy_layer_blobs
+    from pipeline.weights.io import copy_layer_blobs
 
     channels, side = split_b.train_x.shape[1], split_b.train_x.shape[-1]
     param = net_from_string(tr.net_text(5, settings.test_batch, settings.test_batch, side, channels=channels))

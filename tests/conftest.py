@@ -29,7 +29,7 @@ def tiny_file(tmp_path):
     """The weights tests' tiny net (tests/weights_util.py) saved as tiny.caffemodel: (net, path)."""
     from weights_util import tiny_net
 
-    from pipeline.weights import save_caffemodel
+    from pipeline.weights.io import save_caffemodel
 
     net = tiny_net()
     path = tmp_path / "tiny.caffemodel"

@@ -8,7 +8,7 @@ from model_zoo_util import ZOO
 
 from pipeline.export import DeployModule, check_onnx, compare_onnx
 from pipeline.net import Net
-from pipeline.prototxt import read_net
+from pipeline.text.prototxt import read_net
 
 TOL = 1e-4
 

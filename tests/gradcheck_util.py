@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 
 def single_layer_net(body: str, bottoms: dict[str, tuple], n_tops: int = 1, phase: str = "TRAIN") -> Net:

@@ -10,8 +10,8 @@ import torch
 
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text
-from pipeline.weights import copy_layer_blobs, read_npz_weights
+from pipeline.text.prototxt import parse_text
+from pipeline.weights.io import copy_layer_blobs, read_npz_weights
 
 
 def load_case(folder: Path, dtype=torch.float32):

@@ -11,8 +11,8 @@ from google.protobuf import text_format
 
 from pipeline.glog import get_logger
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text
 from pipeline.solvers import build_solver
+from pipeline.text.prototxt import parse_text
 
 ROWS, BATCH = 12, 4  # 3 batches per epoch
 

@@ -10,7 +10,7 @@ import pytest
 
 from bench.bvlc_prototxts import ENV, Checkout, build_all, net_prototxts, states, stub_data_layers
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 
 def _checkout():

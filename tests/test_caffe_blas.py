@@ -1,4 +1,4 @@
-"""Exact Caffe BLAS mode (pipeline/caffe_blas.py): real Caffe 1.0's blobs, gradients and training losses bit for
+"""Exact Caffe BLAS mode (pipeline/exact/caffe_blas.py): real Caffe 1.0's blobs, gradients and training losses bit for
 bit where Caffe's arithmetic is im2col + OpenBLAS gemm (Convolution, InnerProduct) and its softmax.
 
 Bit-equality is the point here, and it does not depend on the machine's own kernels: the mode pins what decides
@@ -19,13 +19,13 @@ from solver_util import kept_logger
 from test_solver_conformance import CASES, RESUME_STATES, Recorder, make_solver, mirror, read_trace, resume_case
 from test_solver_conformance import run_case as run_training_case
 
-from pipeline import caffe_blas
-from pipeline.caffe_blas import exact_blas
 from pipeline.cli import build_parser, main
+from pipeline.exact import caffe_blas
+from pipeline.exact.caffe_blas import exact_blas
 from pipeline.ops import caffe_cpu
 from pipeline.ops.caffe_math import caffe_axpby
 from pipeline.proto.caffe_pb2 import SolverState
-from pipeline.weights import layer_arrays_from_caffemodel
+from pipeline.weights.io import layer_arrays_from_caffemodel
 
 pytestmark = pytest.mark.skipif(
     not caffe_blas.available(),
@@ -306,7 +306,7 @@ def test_im2col_op_equals_torchs_unfold_and_fold(kernel, pad, stride, dilation):
 def test_convolution_loop_in_cpp_equals_the_python_loop(monkeypatch):
     """The C++ op runs ConvolutionLayer's loop over images and groups; the Python loop (N-d convolutions, or no
     compiler) makes the same BLAS calls: outputs and all three diffs agree bit for bit."""
-    from pipeline.layers import caffe_gemm
+    from pipeline.net.layers import caffe_gemm
 
     if not caffe_cpu.available():
         pytest.skip("the C++ op cannot be built here")
@@ -330,7 +330,7 @@ def test_convolution_loop_in_cpp_equals_the_python_loop(monkeypatch):
 def test_caffe_rng_is_boosts_mt19937_and_uniform_real():
     """mt19937's 10000th output from the default seed 5489 is 4123659995 (the C++ standard's check); the uniform
     draws stay inside [low, high] with Caffe's float arithmetic."""
-    from pipeline.caffe_rng import CaffeRNG
+    from pipeline.exact.caffe_rng import CaffeRNG
 
     rng = CaffeRNG(5489)
     assert int(rng._engine.random_raw(10000)[-1]) == 4123659995
@@ -346,7 +346,7 @@ def test_every_filler_draws_caffes_numbers(seed):
     import json
 
     from pipeline.net import Net
-    from pipeline.prototxt import read_net
+    from pipeline.text.prototxt import read_net
 
     folder = shared_path("caffe-reference", "forward", "cov_fillers_stats")
     stats = json.loads((folder / "stats.json").read_text())

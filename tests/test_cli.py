@@ -4,8 +4,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.net import Net
-from pipeline.prototxt import read_net
-from pipeline.weights import save_caffemodel
+from pipeline.text.prototxt import read_net
+from pipeline.weights.io import save_caffemodel
 
 LENET = "prototxt/lenet.prototxt"
 

@@ -18,8 +18,8 @@ from pipeline.cli import main as cli_main
 from pipeline.errors import WeightsError
 from pipeline.export import ConvertRequest, DeployModule, convert, default_output, run_onnx
 from pipeline.net import Net
-from pipeline.prototxt import read_net
-from pipeline.weights import copy_weights, save_caffemodel
+from pipeline.text.prototxt import read_net
+from pipeline.weights.io import copy_weights, save_caffemodel
 
 
 # ----- the convert verb --------------------------------------------------------------------------------------------

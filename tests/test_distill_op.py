@@ -154,7 +154,7 @@ def test_class_count_mismatch():
 
 def test_layer_checks_blobs_and_parameters():
     from pipeline.net import Net
-    from pipeline.prototxt import net_from_string
+    from pipeline.text.prototxt import net_from_string
 
     def net(kd, shapes=("dim: 2 dim: 10", "dim: 2 dim: 10")):
         return Net(
@@ -233,7 +233,7 @@ def fork_backward(s, t, label=None, temperature=1.0, ignore_label=None, normaliz
 def kd_layer(kd, shape=(6, 10), label=True, extra=""):
     """A KnowledgeDistillation layer built from prototxt (Input s, t[, label]), for its module."""
     from pipeline.net import Net
-    from pipeline.prototxt import net_from_string
+    from pipeline.text.prototxt import net_from_string
 
     dims = " ".join(f"dim: {d}" for d in shape)
     label_shape = " ".join(f"dim: {d}" for d in (shape[0],) + tuple(shape[2:]))

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT, shared_path
 from PIL import Image
 
-from pipeline.prototxt import read_net
+from pipeline.text.prototxt import read_net
 from pipeline.viz import draw
 from pipeline.viz.cli import draw_main
 from pipeline.viz.draw import DrawError, draw_net, draw_net_file

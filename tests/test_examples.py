@@ -53,9 +53,9 @@ def test_layerwise_lenet_example_runs_its_three_stages(mnist, tmp_path, capsys, 
 def test_kd_from_caffemodel_example_loads_and_freezes_the_teacher(mnist, tmp_path, capsys, at_root):
     from pipeline.cli import main
     from pipeline.net import Net
-    from pipeline.prototxt import read_net
+    from pipeline.text.prototxt import read_net
     from pipeline.transfer.surgery import read_weights
-    from pipeline.weights import save_caffemodel
+    from pipeline.weights.io import save_caffemodel
 
     # A LeNet caffemodel with the layer names of the one `make train` writes (runs/story/teacher/lenet_iter_N).
     teacher = tmp_path / "teacher.caffemodel"

@@ -11,7 +11,7 @@ from model_zoo_util import ZOO
 from pipeline.errors import NetBuildError
 from pipeline.export import DeployModule, ExportError, deploy_param, export_onnx, export_program, preprocessing
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string, read_net
+from pipeline.text.prototxt import net_from_string, read_net
 
 
 # ----- DeployModule and torch.export -----------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from pipeline.export import (
 )
 from pipeline.export.safetensors_io import save_torch
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
-from pipeline.weights import copy_weights, save_caffemodel, save_caffemodel_h5
+from pipeline.text.prototxt import net_from_string
+from pipeline.weights.io import copy_weights, save_caffemodel, save_caffemodel_h5
 
 # ----- safetensors -----------------------------------------------------------------------------------------------
 EDGE_NET = """
@@ -248,7 +248,7 @@ def _all_formats(net, folder) -> dict[str, object]:
 
 
 def test_readers_are_picked_by_content_not_name(tmp_path):
-    from pipeline.weights_format import sniff, weights_format
+    from pipeline.weights.format import sniff, weights_format
 
     text = EDGE_NET.replace("block/", "block_")  # (Caffe's HDF5 layout cannot hold '/' in layer names)
     net = Net(net_from_string(text), phase="TEST", seed=3)

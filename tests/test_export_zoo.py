@@ -10,8 +10,8 @@ from model_zoo_util import ZOO
 
 from pipeline.export import ConvertRequest, convert, net_from_safetensors
 from pipeline.net import Net
-from pipeline.prototxt import read_net
-from pipeline.weights import save_caffemodel
+from pipeline.text.prototxt import read_net
+from pipeline.weights.io import save_caffemodel
 
 #: Templates with no deploy form: converted from their train/test net (data layers become an Input of this shape).
 ZOO_TRAIN_TEST = {"hinton_mnist": (1, 1, 28, 28), "teacher_student": (1, 1, 28, 28)}

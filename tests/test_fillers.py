@@ -29,9 +29,9 @@ from conftest import shared_path
 from gradcheck_util import single_layer_net
 
 from pipeline.errors import NetBuildError
-from pipeline.fillers import _fan_for, _fans, fill
+from pipeline.net.fillers import _fan_for, _fans, fill
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text
+from pipeline.text.prototxt import parse_text
 
 Z = 5.0
 NAMES = [

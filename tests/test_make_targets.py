@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.template import parse_assignments
+from pipeline.text.template import parse_assignments
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -16,14 +16,14 @@ import torch
 from conftest import shared_path
 from model_zoo_util import FORMS, ZOO
 
-import pipeline.layers.base as layer_base
+import pipeline.net.layers.base as layer_base
 from pipeline.data.convert import compute_image_mean, write_images
 from pipeline.errors import PipelineError, TemplateError
-from pipeline.fillers import check_filler
 from pipeline.net import Net
+from pipeline.net.fillers import check_filler
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string, read_net, read_text
-from pipeline.weights import copy_layer_blobs
+from pipeline.text.prototxt import net_from_string, read_net, read_text
+from pipeline.weights.io import copy_layer_blobs
 
 DATA_TYPES = {"lmdb": "Data", "dummy": "DummyData", "hdf5": "HDF5Data", "input": "Input"}
 

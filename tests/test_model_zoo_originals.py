@@ -13,10 +13,10 @@ from model_zoo_util import FORMS, ZOO
 from reference import scale_tolerance
 
 from pipeline.net import Net
-from pipeline.netspec import filter_net, net_state
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import read_net
-from pipeline.weights import copy_layer_blobs, read_npz_weights
+from pipeline.text.netspec import filter_net, net_state
+from pipeline.text.prototxt import read_net
+from pipeline.weights.io import copy_layer_blobs, read_npz_weights
 
 
 # ----- against the published originals (../shared) ----------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import read_solver
+from pipeline.text.prototxt import read_solver
 
 SOLVERS = ROOT / "solvers"
 

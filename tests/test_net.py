@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import NetBuildError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 IP = 'inner_product_param {{ num_output: {n} weight_filler {{ type: "gaussian" std: 0.5 }} }}'
 

@@ -5,15 +5,15 @@ import pytest
 import torch
 from solver_util import make, net_text, solver_param, tiny_folder
 
-from pipeline import caffe_blas
 from pipeline.errors import NetBuildError, SolverError, WeightsError
+from pipeline.exact import caffe_blas
 from pipeline.net import AUTO_TOP, Net
-from pipeline.netspec import filter_net, net_state
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string
 from pipeline.solvers import share_weights
-from pipeline.upgrade import upgrade_net
-from pipeline.weights import copy_weights, net_to_proto, save_caffemodel, save_caffemodel_h5
+from pipeline.text.netspec import filter_net, net_state
+from pipeline.text.prototxt import net_from_string
+from pipeline.text.upgrade import upgrade_net
+from pipeline.weights.io import copy_weights, net_to_proto, save_caffemodel, save_caffemodel_h5
 
 INPUT = (
     'layer { name: "in" type: "Input" top: "x" top: "t" '

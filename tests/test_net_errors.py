@@ -10,8 +10,8 @@ import pytest
 from pipeline.errors import NetBuildError
 from pipeline.net import Net, build_net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string
-from pipeline.source_map import top_level_blocks
+from pipeline.text.prototxt import net_from_string
+from pipeline.text.source_map import top_level_blocks
 
 HEAD = """name: "t"  # a comment holding layer { and "quotes"
 layer {
@@ -50,7 +50,7 @@ def test_misspelt_layer_type_names_file_line_and_the_closest_types(tmp_path):
 
 
 def test_type_suggestions_ignore_case():
-    from pipeline.layers.registry import closest_types
+    from pipeline.net.layers.registry import closest_types
 
     assert closest_types("relu")[0] == "ReLU"
     assert closest_types("InnerProdcut") == ["InnerProduct"]
@@ -145,7 +145,7 @@ def test_the_file_holding_most_of_the_net_wins(tmp_path):
     test = HEAD.replace("dim: 2 dim: 3", "dim: 4 dim: 3").replace("dim: 2 }", "dim: 4 }") + "\n" + shared
     (tmp_path / "train.prototxt").write_text(train)
     (tmp_path / "test.prototxt").write_text(test)
-    from pipeline.prototxt import read_net
+    from pipeline.text.prototxt import read_net
 
     train_param = read_net(tmp_path / "train.prototxt")
     read_net(tmp_path / "test.prototxt")  # read last, as a solver reads its test nets after the train net
@@ -154,8 +154,8 @@ def test_the_file_holding_most_of_the_net_wins(tmp_path):
 
 
 def test_solver_built_nets_are_located(tmp_path):
-    from pipeline.prototxt import read_solver
     from pipeline.solvers.nets import build, collect_nets
+    from pipeline.text.prototxt import read_solver
 
     (tmp_path / "kd.prototxt").write_text(KD_NET)
     (tmp_path / "solver.prototxt").write_text('net: "kd.prototxt"\nbase_lr: 0.1\nmax_iter: 1\n')

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.errors import PrototxtError
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text, read_net, read_solver
+from pipeline.text.prototxt import parse_text, read_net, read_solver
 
 NET = """name: "n"
 layer {

@@ -21,7 +21,7 @@ from bench.convert_accuracy import MODELS, REQUIRED, accuracies, convert_model
 from pipeline.export import DeployModule, ExportError, compare_onnx, deploy_param, export_onnx, net_from_safetensors
 from pipeline.export.deploy import build_net_for_weights
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text
+from pipeline.text.prototxt import parse_text
 
 TOL = 1e-4
 #: The reference case (real Caffe's blobs on real inputs) recorded for each model of ../shared/caffe-models.

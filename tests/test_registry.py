@@ -82,7 +82,7 @@ def test_every_registry_is_a_registry_and_filled(registry):
 
 def test_layer_registry_keeps_its_messages():
     from pipeline.errors import NetBuildError
-    from pipeline.layers.registry import LAYERS, layer_class, register
+    from pipeline.net.layers.registry import LAYERS, layer_class, register
 
     with pytest.raises(NetBuildError, match=r"unknown layer type 'relu' \(did you mean 'ReLU'"):
         layer_class("relu", "r1")

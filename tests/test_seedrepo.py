@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import SHARED, shared_path
 
-import pipeline.layers.base as layer_base
+import pipeline.net.layers.base as layer_base
 from pipeline.errors import PrototxtError
-from pipeline.fillers import check_filler
 from pipeline.net import Net
+from pipeline.net.fillers import check_filler
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import read_net, read_solver
+from pipeline.text.prototxt import read_net, read_solver
 
 SEEDREPO = SHARED / "seedrepo"
 FILES = sorted(str(p.relative_to(SEEDREPO)) for p in SEEDREPO.rglob("*.prototxt")) if SEEDREPO.exists() else []

@@ -15,10 +15,10 @@ from conftest import SHARED
 
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import read_net, read_solver
 from pipeline.solvers import build_solver
-from pipeline.weights import save_caffemodel
-from pipeline.weights_map import load_weights, parse_weights_map
+from pipeline.text.prototxt import read_net, read_solver
+from pipeline.weights.io import save_caffemodel
+from pipeline.weights.name_map import load_weights, parse_weights_map
 
 SEED = SHARED / "seedrepo" / "mnist"
 pytestmark = pytest.mark.skipif(not (SEED / "ts_lenet.prototxt").exists(), reason="../shared/seedrepo absent")

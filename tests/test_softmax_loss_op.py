@@ -7,8 +7,8 @@ import torch
 from gradcheck_util import single_layer_net
 
 from pipeline.errors import NetBuildError
-from pipeline.layers import softmax_loss as layer_module
-from pipeline.layers.softmax_loss import SoftmaxLabelLoss
+from pipeline.net.layers import softmax_loss as layer_module
+from pipeline.net.layers.softmax_loss import SoftmaxLabelLoss
 from pipeline.ops import caffe_cpu as op_module
 
 if not op_module.available():

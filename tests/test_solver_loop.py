@@ -15,9 +15,9 @@ from pipeline.errors import SolverError
 from pipeline.glog import get_logger
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string
 from pipeline.solvers import share_weights
 from pipeline.solvers.base import SNAPSHOT, STOP
+from pipeline.text.prototxt import net_from_string
 
 RULES = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"]
 

@@ -1,4 +1,4 @@
-"""Sweeps (pipeline/sweep.py, tools/sweep.py): grid parsing, the solver checks, and a real 2x1 sweep of a tiny
+"""Sweeps (pipeline/sweep/run.py, tools/sweep.py): grid parsing, the solver checks, and a real 2x1 sweep of a tiny
 DummyData net trained by `python -m pipeline train` subprocesses, compared in one table and one plot."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sweep import SweepError, check_solver, main, parse_grid, plan, run_name, split_values
+from pipeline.sweep.run import SweepError, check_solver, main, parse_grid, plan, run_name, split_values
 
 ROOT = Path(__file__).resolve().parent.parent
 NET = """name: "tiny"

@@ -5,8 +5,8 @@ import torch
 
 from pipeline.errors import NetBuildError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string, read_net
-from pipeline.weights import copy_layer_blobs
+from pipeline.text.prototxt import net_from_string, read_net
+from pipeline.weights.io import copy_layer_blobs
 
 pytest.importorskip("pipeline.ops.distill")
 
@@ -136,7 +136,7 @@ def test_soft_target_cache_refuses_a_random_teacher():
 
 
 def test_embedded_copies_share_weights_by_param_name_and_read_given_inputs():
-    from pipeline.compose import embed_layers
+    from pipeline.text.compose import embed_layers
 
     net = net_from_string(
         'layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }\n'

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.errors import TemplateError
-from pipeline.template import parse_assignments, render_file, render_text
+from pipeline.text.template import parse_assignments, render_file, render_text
 
 
 def test_plain_prototxt_renders_to_itself():
@@ -82,8 +82,8 @@ def test_fail_global_reports_the_templates_own_message(tmp_path):
 
 # ----- which variables a template reads (for --set's rule: template variable, else solver field, else error) --
 def test_template_variables_follow_defaults_tests_includes_and_imports(tmp_path):
-    import pipeline.compose  # noqa: F401  (registers embed_net, a template function and no variable)
-    from pipeline.template import ANY, template_variables
+    import pipeline.text.compose  # noqa: F401  (registers embed_net, a template function and no variable)
+    from pipeline.text.template import ANY, template_variables
 
     (tmp_path / "part.prototxt").write_text("{{ from_include }}")
     (tmp_path / "net.prototxt").write_text(
@@ -99,7 +99,7 @@ def test_template_variables_follow_defaults_tests_includes_and_imports(tmp_path)
 
 
 def test_unused_set_is_an_error_naming_it_with_a_near_miss():
-    from pipeline.template import ANY, check_variables_used
+    from pipeline.text.template import ANY, check_variables_used
 
     check_variables_used({"hidden": [64]}, {"hidden", "batch"}, ["mlp.prototxt"])
     check_variables_used({"anything": 1}, {ANY}, ["x.prototxt"])
@@ -112,8 +112,8 @@ def test_unused_set_is_an_error_naming_it_with_a_near_miss():
 def test_teacher_student_passes_batch_and_the_documented_shared_variables_to_both_nets():
     """prototxt/teacher_student.prototxt documents batch (and data, test_batch, num_classes) as passed to both
     nets: `--set batch=7` sizes the student's data layer; student_vars still wins."""
-    from pipeline.prototxt import read_net
-    from pipeline.template import template_variables
+    from pipeline.text.prototxt import read_net
+    from pipeline.text.template import template_variables
 
     path = "prototxt/teacher_student.prototxt"
     assert {"batch", "test_batch", "num_classes", "data", "data_root"} <= template_variables(path)

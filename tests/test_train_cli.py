@@ -13,7 +13,7 @@ from solver_util import kept_logger, net_text, tiny_folder
 from pipeline.cli import main
 from pipeline.cli.train import SignalActions
 from pipeline.solvers.base import NONE, SNAPSHOT, STOP
-from pipeline.weights import read_caffemodel
+from pipeline.weights.io import read_caffemodel
 
 SOLVER = """net: "net.prototxt"
 base_lr: {{ lr | default(0.05) }}

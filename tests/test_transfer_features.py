@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 from pipeline.transfer import features as ft
 from pipeline.transfer.netedit import TransferError
-from pipeline.weights import save_caffemodel
+from pipeline.weights.io import save_caffemodel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
@@ -62,7 +62,7 @@ def test_extracted_features_equal_the_nets_blobs(folder, phase):
     got = ft.extract(net, ["ip1", "ip2"], progress=False)
     assert len(got) == ROWS[phase.lower()]  # one pass, the wrapped tail of the last batch cut off
     reference = Net(param, phase="TEST", seed=1)
-    from pipeline.weights import copy_weights
+    from pipeline.weights.io import copy_weights
 
     copy_weights(reference, "w.caffemodel")
     x, y = raw(phase.lower())

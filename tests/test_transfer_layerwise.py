@@ -12,13 +12,13 @@ import pytest
 from pipeline.errors import PrototxtError
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text
 from pipeline.solvers.base import NONE, STOP
+from pipeline.text.prototxt import parse_text
 from pipeline.transfer.layerwise import LayerwiseRun
 from pipeline.transfer.netedit import TransferError
 from pipeline.transfer.schedule import parse_schedule
 from pipeline.transfer.surgery import read_weights
-from pipeline.weights import save_caffemodel
+from pipeline.weights.io import save_caffemodel
 
 NET = """
 name: "tiny"
@@ -268,7 +268,7 @@ def test_cli_set_reaches_the_schedule_and_solver_fields_and_refuses_typos(folder
 
 
 def test_freeze_keeps_specs_and_can_fix_batchnorm_statistics():
-    from pipeline.prototxt import net_from_string
+    from pipeline.text.prototxt import net_from_string
     from pipeline.transfer.netedit import freeze
 
     net = net_from_string(
@@ -299,7 +299,7 @@ def test_a_stage_shorter_than_test_interval_reports_its_final_score(folder, caps
     the summary's score is the stage's final one, not iteration 0's."""
     import torch
 
-    from pipeline.weights import copy_weights
+    from pipeline.weights.io import copy_weights
 
     job = LayerwiseRun(solver_param(), parse_schedule(SCHEDULE), progress=False, weights=[initial_weights()])
     result = job.run()

@@ -12,15 +12,15 @@ import pytest
 import torch
 from conftest import shared_path
 
-from pipeline.caffemodel_io import scan_caffemodel
 from pipeline.errors import WeightsError
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string, read_net
+from pipeline.text.prototxt import net_from_string, read_net
 from pipeline.transfer import finetune, surgery
 from pipeline.transfer.layerwise import LayerwiseRun
 from pipeline.transfer.netedit import TransferError, replace_head
-from pipeline.weights import copy_weights, save_caffemodel, save_caffemodel_h5
+from pipeline.weights.caffemodel import scan_caffemodel
+from pipeline.weights.io import copy_weights, save_caffemodel, save_caffemodel_h5
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 

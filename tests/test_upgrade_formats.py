@@ -17,9 +17,9 @@ from upgrade_util import (
 from pipeline.errors import PrototxtError
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string, parse_text, read_net
-from pipeline.upgrade import net_needs_upgrade, upgrade_net
-from pipeline.upgrade_v1 import V1_PARAM_FIELDS, V1_TYPE_NAMES
+from pipeline.text.prototxt import net_from_string, parse_text, read_net
+from pipeline.text.upgrade import net_needs_upgrade, upgrade_net
+from pipeline.text.upgrade_v1 import V1_PARAM_FIELDS, V1_TYPE_NAMES
 
 
 # ----- V1 features -----------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from upgrade_util import V0_DATA, V0_DEPLOY, V1_FEATURES, parse
 
 from pipeline.errors import PrototxtError
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text
-from pipeline.upgrade import upgrade_net
-from pipeline.upgrade_v1 import DATA_TRANSFORM_LAYERS, V0_TYPES
+from pipeline.text.prototxt import parse_text
+from pipeline.text.upgrade import upgrade_net
+from pipeline.text.upgrade_v1 import DATA_TRANSFORM_LAYERS, V0_TYPES
 
 # ----- fuzzing ---------------------------------------------------------------------------------------------
 V2_SMALL = """

@@ -14,10 +14,10 @@ from upgrade_util import V1_FEATURES, V1_FEATURES_UPGRADED, assert_same_net, par
 from pipeline.errors import WeightsError
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import read_net
-from pipeline.upgrade import net_needs_upgrade
-from pipeline.upgrade_tools import upgrade_net_proto_binary, upgrade_net_proto_text
-from pipeline.weights import read_caffemodel
+from pipeline.text.prototxt import read_net
+from pipeline.text.upgrade import net_needs_upgrade
+from pipeline.weights.io import read_caffemodel
+from pipeline.weights.upgrade_tools import upgrade_net_proto_binary, upgrade_net_proto_text
 
 V1_CASES = [
     ("lenet_v1/lenet.prototxt", "lenet_everpeace_v1"),
@@ -75,7 +75,7 @@ def test_upgraded_v1_net_runs_like_caffe(source, case):
     net = Net(read_net(shared_path("caffe-models", source)), phase="TEST")
     with np.load(folder / "input.npz") as inputs:
         data = torch.from_numpy(inputs["data"])
-    from pipeline.weights import copy_weights
+    from pipeline.weights.io import copy_weights
 
     copy_weights(net, folder / "weights.caffemodel")
     out = net(data=data)

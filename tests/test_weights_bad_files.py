@@ -10,12 +10,12 @@ from fuzz_util import FUZZ, FUZZ_SLOW, mutated, time_limit
 from hypothesis import given
 from weights_util import TINY, tiny_net
 
-from pipeline.caffemodel_io import scan_caffemodel
 from pipeline.errors import WeightsError
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string
-from pipeline.weights import (
+from pipeline.text.prototxt import net_from_string
+from pipeline.weights.caffemodel import scan_caffemodel
+from pipeline.weights.io import (
     copy_weights,
     layer_arrays_from_caffemodel,
     read_caffemodel,

@@ -13,9 +13,9 @@ from weights_util import TINY, tiny_net
 from pipeline.errors import NetBuildError, WeightsError
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string, parse_text, read_net
-from pipeline.upgrade import upgrade_net
-from pipeline.weights import (
+from pipeline.text.prototxt import net_from_string, parse_text, read_net
+from pipeline.text.upgrade import upgrade_net
+from pipeline.weights.io import (
     copy_weights,
     layer_arrays_from_caffemodel,
     net_to_proto,
@@ -100,7 +100,7 @@ def test_float64_net_round_trip(tiny_file):
 def test_failed_save_keeps_the_old_file(tiny_file, monkeypatch):
     net, path = tiny_file
     before = path.read_bytes()
-    import pipeline.weights as weights
+    import pipeline.weights.io as weights
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -226,7 +226,7 @@ def test_loading_holds_no_copy_of_the_file(tmp_path, suffix):
 
 def test_unusual_blob_encodings(tmp_path):
     """Floats written one by one (not packed) and double_data (Caffe prefers it when present) both load."""
-    from pipeline.wire import FIXED32, key, len_header
+    from pipeline.weights.wire import FIXED32, key, len_header
 
     weights = np.arange(6, dtype=np.float32)
     unpacked = b"".join(key(5, FIXED32) + np.float32(v).tobytes() for v in weights)

@@ -1,4 +1,4 @@
-"""`--weights-map` (pipeline/weights_map.py): caffemodels into layers of other names, several teachers with the
+"""`--weights-map` (pipeline/weights/name_map.py): caffemodels into layers of other names, several teachers with the
 same layer names into one net, and a map that does nothing is an error."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 
 from pipeline.errors import WeightsError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
-from pipeline.weights import save_caffemodel
-from pipeline.weights_map import Rule, load_weights, parse_weights_map
+from pipeline.text.prototxt import net_from_string
+from pipeline.weights.io import save_caffemodel
+from pipeline.weights.name_map import Rule, load_weights, parse_weights_map
 
 IP = 'layer {{ name: "{name}" type: "InnerProduct" bottom: "x" top: "{name}" inner_product_param {{ num_output: 3 }} }}'
 INPUT = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 } } }'

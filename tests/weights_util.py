@@ -4,7 +4,7 @@ fixture, in conftest.py, saves it as a caffemodel)."""
 import torch
 
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 # Every blob kind: conv weights/bias, BatchNorm's three, Scale, a 0-axis PReLU slope, two InnerProducts sharing
 # their weights by ParamSpec name, and a Split (conv feeds both).

@@ -119,8 +119,8 @@ def _suffixed(outputs: list[str], tag: str) -> list[str]:
 def run(args) -> int:
     from pipeline.cli._common import device_from_flag
     from pipeline.glog import get_logger, setup_logging
-    from pipeline.prototxt import read_net
-    from pipeline.template import parse_assignments
+    from pipeline.text.prototxt import read_net
+    from pipeline.text.template import parse_assignments
     from pipeline.transfer import features as ft
     from pipeline.transfer.netedit import TransferError
 

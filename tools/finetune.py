@@ -50,9 +50,9 @@ def parse_args(argv):
 def run(args) -> int:
     from pipeline.cli._common import device_from_flag
     from pipeline.cli.train import SignalActions
-    from pipeline.prototxt import read_net
     from pipeline.solvers import read_solver_param
-    from pipeline.template import check_variables_used, parse_assignments, template_variables
+    from pipeline.text.prototxt import read_net
+    from pipeline.text.template import check_variables_used, parse_assignments, template_variables
     from pipeline.transfer import finetune
     from pipeline.transfer.layerwise import LayerwiseRun
 

@@ -59,7 +59,7 @@ def _names(items):
 def run(args) -> int:
     from pipeline.glog import setup_logging
     from pipeline.net import build_net
-    from pipeline.template import parse_assignments
+    from pipeline.text.template import parse_assignments
     from pipeline.transfer import surgery
 
     setup_logging()

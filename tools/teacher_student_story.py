@@ -74,7 +74,7 @@ def train(
 
     from pipeline.solvers import build_solver
     from pipeline.viz.report import PhaseTimer, report_for_solver
-    from pipeline.weights_map import load_weights, parse_weights_map
+    from pipeline.weights.name_map import load_weights, parse_weights_map
 
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     Path(variables["run"]).mkdir(parents=True, exist_ok=True)

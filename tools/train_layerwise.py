@@ -52,7 +52,7 @@ def run(args) -> int:
     from pipeline.cli._common import device_from_flag
     from pipeline.cli.train import SignalActions
     from pipeline.solvers import read_solver_param
-    from pipeline.template import parse_assignments
+    from pipeline.text.template import parse_assignments
     from pipeline.transfer.layerwise import LayerwiseRun
     from pipeline.transfer.schedule import read_schedule
     from pipeline.transfer.surgery import parse_map, read_weights

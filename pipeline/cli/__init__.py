@@ -92,7 +92,7 @@ def run_guarded(run: Callable, args, program: str | None = None) -> int:
     try:
         with contextlib.ExitStack() as scope:
             if getattr(args, "caffe_blas", False):
-                from pipeline.caffe_blas import exact_blas
+                from pipeline.exact.caffe_blas import exact_blas
 
                 scope.enter_context(exact_blas(True))  # for this verb only: `main` may be called again
             return int(run(args) or 0)

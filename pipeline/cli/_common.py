@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-import pipeline.compose  # noqa: F401  (embed_net is a template function, not a variable, in template_variables)
+import pipeline.text.compose  # noqa: F401  (embed_net is a template function, not a variable, in template_variables)
 from pipeline.errors import PipelineError
 from pipeline.glog import get_logger
 from pipeline.net import Net, build_net
-from pipeline.template import check_variables_used, parse_assignments, template_variables
-from pipeline.weights import copy_weights
+from pipeline.text.template import check_variables_used, parse_assignments, template_variables
+from pipeline.weights.io import copy_weights
 
 
 def device_from_flag(gpu: str | None) -> torch.device:

@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.export.convert import FORMATS, ConvertRequest, convert, format_summary
 from pipeline.export.onnx_io import DEFAULT_OPSET
 from pipeline.glog import setup_logging
-from pipeline.template import parse_assignments
+from pipeline.text.template import parse_assignments
 
 
 def add_arguments(parser):

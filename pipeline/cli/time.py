@@ -18,7 +18,7 @@ import torch
 from pipeline.cli import add_net_arguments, command
 from pipeline.cli._common import load_net
 from pipeline.glog import get_logger, setup_logging
-from pipeline.net_timing import layer_times, sync
+from pipeline.net.timing import layer_times, sync
 
 
 def add_arguments(parser):

@@ -21,10 +21,10 @@ from pipeline.glog import get_logger, log_fatal, setup_logging
 from pipeline.solvers import read_solver_param, solver_class
 from pipeline.solvers.base import NONE, SNAPSHOT, STOP, fmt
 from pipeline.solvers.snapshot import check_writable
-from pipeline.template import parse_assignments
+from pipeline.text.template import parse_assignments
 from pipeline.viz.report import PhaseTimer, report_for_solver
-from pipeline.weights import atomic_write
-from pipeline.weights_map import load_weights, parse_weights_map
+from pipeline.weights.io import atomic_write
+from pipeline.weights.name_map import load_weights, parse_weights_map
 
 EFFECTS = {"stop": STOP, "snapshot": SNAPSHOT, "none": NONE}
 
@@ -42,7 +42,7 @@ def add_arguments(parser):
         default=[],
         metavar="[FILE:]OLD=NEW,...|MAPFILE",
         help="load --weights into layers of other names: conv1=t_conv1, '*=t_*' (a prefix), "
-        "a.caffemodel:*=t1_* (one file only), or a map file of 'OLD NEW' lines; see pipeline/weights_map.py",
+        "a.caffemodel:*=t1_* (one file only), or a map file of 'OLD NEW' lines; see pipeline/weights/name_map.py",
     )
     parser.add_argument("--snapshot", default="", help=".solverstate or .solverstate.h5 to resume from")
     parser.add_argument(

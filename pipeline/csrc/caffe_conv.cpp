@@ -1,6 +1,6 @@
-// ConvolutionLayer<float> as Caffe's CPU code runs it, for the bit-exact mode (pipeline/caffe_blas.py): Caffe's
+// ConvolutionLayer<float> as Caffe's CPU code runs it, for the bit-exact mode (pipeline/exact/caffe_blas.py): Caffe's
 // im2col_cpu / col2im_cpu and BaseConvolutionLayer's loop over images and groups, calling the OpenBLAS that
-// pipeline/caffe_blas.py loaded (Caffe's library, not one linked here) through the addresses it passes.
+// pipeline/exact/caffe_blas.py loaded (Caffe's library, not one linked here) through the addresses it passes.
 // Built into the same op library as caffe_cpu.cpp (pipeline/ops/caffe_cpu.py).
 
 #include <ATen/ATen.h>
@@ -89,7 +89,7 @@ at::Tensor caffe_col2im_cpu(const at::Tensor& col, at::IntArrayRef image_shape, 
 
 // ConvolutionLayer<float>'s CPU forward and backward for (N, C, H, W), the loop over images and groups of
 // BaseConvolutionLayer (forward_cpu_gemm, forward_cpu_bias, backward_cpu_bias, weight_cpu_gemm,
-// backward_cpu_gemm) with Caffe's im2col/col2im above, calling the OpenBLAS that pipeline/caffe_blas.py loaded
+// backward_cpu_gemm) with Caffe's im2col/col2im above, calling the OpenBLAS that pipeline/exact/caffe_blas.py loaded
 // through the cblas_sgemm / cblas_sgemv addresses it passes (the library is Caffe's, not one linked here).
 using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 using Sgemv = void (*)(int, int, int, int, float, const float*, int, const float*, int, float, float*, int);

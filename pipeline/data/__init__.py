@@ -9,5 +9,6 @@ Modules (import what you need; this package imports nothing heavy on its own):
   convert      convert_mnist_data, convert_cifar_data, convert_imageset, compute_image_mean
   prepare      `make data`: build the default LMDBs from a directory, a download or the embedded digits
   errors       LayerDataError: a DataError that names the data layer (also a NetBuildError)
-The data layers themselves (Data, ImageData, MemoryData) are in pipeline/layers/, on pipeline/layers/base_data.py.
+The data layers themselves (Data, ImageData, MemoryData) are in pipeline/net/layers/, on
+pipeline/net/layers/base_data.py.
 """

@@ -15,9 +15,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from numpy.lib.stride_tricks import sliding_window_view
 
-from pipeline.blobs import blob_to_array
 from pipeline.errors import DataError
 from pipeline.proto import caffe_pb2
+from pipeline.weights.blobs import blob_to_array
 
 from .images import COLOR, GRAY, NATIVE
 

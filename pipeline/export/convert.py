@@ -28,8 +28,8 @@ from pipeline.export.module import ExportError, export_program
 from pipeline.export.onnx_io import DEFAULT_OPSET, check_onnx, compare_onnx, export_onnx
 from pipeline.export.safetensors_io import save_safetensors, save_torch
 from pipeline.fileio import temporary_beside
-from pipeline.prototxt import read_net
-from pipeline.weights import save_caffemodel, save_caffemodel_h5
+from pipeline.text.prototxt import read_net
+from pipeline.weights.io import save_caffemodel, save_caffemodel_h5
 
 log = logging.getLogger("pipeline")
 

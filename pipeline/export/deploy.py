@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-import pipeline.layers  # noqa: F401  (registers every layer type)
-import pipeline.layers.base as layer_base
+import pipeline.net.layers  # noqa: F401  (registers every layer type)
+import pipeline.net.layers.base as layer_base
 from pipeline.errors import NetBuildError
-from pipeline.fillers import fill
-from pipeline.layers.registry import layer_class
 from pipeline.net import Net
-from pipeline.netspec import filter_net, net_state
+from pipeline.net.fillers import fill
+from pipeline.net.layers.registry import layer_class
 from pipeline.proto import caffe_pb2
-from pipeline.weights import CopyReport, copy_weights
+from pipeline.text.netspec import filter_net, net_state
+from pipeline.weights.io import CopyReport, copy_weights
 
 TEST = caffe_pb2.TEST
 #: Layers that need labels or produce nothing an inference user wants.
@@ -211,7 +211,7 @@ def _deferred_fillers() -> Iterator[list]:
     original = layer_base.fill
 
     def deferred(param, shape, generator=None):
-        from pipeline.fillers import check_filler
+        from pipeline.net.fillers import check_filler
 
         shape = tuple(int(d) for d in shape)
         check_filler(param, shape)
@@ -230,7 +230,7 @@ def build_net_for_weights(
     param: caffe_pb2.NetParameter, weights: list[str | Path], source: str = "<net>", seed: int = 0
 ) -> tuple[Net, list[CopyReport]]:
     """A TEST-phase net of `param` with `weights` files copied in (caffemodel, HDF5, safetensors, torch state
-    dict, .npz: told apart by content, see pipeline/weights_format.py).
+    dict, .npz: told apart by content, see pipeline/weights/format.py).
 
     Fillers run only for the blobs of layers that no file gave weights to (Caffe would have filled those).
     """

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.layers.base import TEST, Layer
+from pipeline.net.layers.base import TEST, Layer
 from pipeline.proto import caffe_pb2
 from pipeline.registry import Registry
 

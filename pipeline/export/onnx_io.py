@@ -22,7 +22,7 @@ import torch
 
 from pipeline.export.module import DeployModule, ExportError, batch_inputs
 from pipeline.fileio import atomic_writer, temporary_beside
-from pipeline.wire import len_header
+from pipeline.weights.wire import len_header
 
 DEFAULT_OPSET = 17
 

@@ -7,7 +7,7 @@ The safetensors format (https://huggingface.co/docs/safetensors): an 8-byte litt
 header {key: {dtype, shape, data_offsets}, "__metadata__": {str: str}} padded with spaces to 8 bytes, then the raw
 little-endian tensors. It is written here directly, one blob at a time from the net's own tensor memory, so a
 VGG-16-sized file never exists as a second copy in memory (the `safetensors` package's `save_file` first turns
-every tensor into bytes), and read by pipeline/weights_safetensors.py straight into the net's tensors. Files load
+every tensor into bytes), and read by pipeline/weights/safetensors.py straight into the net's tensors. Files load
 with `safetensors.torch.load_file` too, and nothing here unpickles anything.
 
 The metadata carries the deploy prototxt text, so the file alone rebuilds the module (`net_from_safetensors`).
@@ -24,9 +24,9 @@ import torch
 
 from pipeline.errors import WeightsError
 from pipeline.fileio import atomic_writer
-from pipeline.weights import CopyReport, copy_layer_blobs
-from pipeline.weights_format import layer_blob_names
-from pipeline.weights_safetensors import open_safetensors_layers, read_header
+from pipeline.weights.format import layer_blob_names
+from pipeline.weights.io import CopyReport, copy_layer_blobs
+from pipeline.weights.safetensors import open_safetensors_layers, read_header
 
 FORMAT = "caffe-pipeline"
 KEYS = "<layer>.<blob name>"
@@ -96,7 +96,7 @@ def net_from_safetensors(path: str | Path):
     """Rebuild the net a `save_safetensors` file came from (its prototxt is in the metadata) with its weights."""
     from pipeline.export.deploy import build_net_for_weights
     from pipeline.proto import caffe_pb2
-    from pipeline.prototxt import parse_text
+    from pipeline.text.prototxt import parse_text
 
     metadata = read_safetensors_metadata(path)
     if "prototxt" not in metadata:

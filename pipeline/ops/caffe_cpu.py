@@ -6,7 +6,7 @@ pipeline/ops/build.py at `make setup` or first use):
   formula, rounding of its own.
 - `torch.ops.caffe_pipeline.caffe_powx`: Caffe's caffe_powx, std::pow (libm powf) per element, which the
   adaptive solvers use for squares and square roots (powf(x, 0.5) is not always sqrtf(x)); for the bit-exact
-  mode (pipeline/caffe_blas.py).
+  mode (pipeline/exact/caffe_blas.py).
 - `torch.ops.caffe_pipeline.caffe_neuron` / `caffe_neuron_backward`: Sigmoid, TanH, BNLL, ELU, Exp, Log and Swish as
   Caffe's CPU code computes them (libm's float functions, its mix of float and double), for the bit-exact mode.
 - `torch.ops.caffe_pipeline.caffe_im2col` / `caffe_col2im`: Caffe's im2col_cpu and col2im_cpu on one 2-D image,
@@ -112,6 +112,6 @@ def caffe_neuron(x: torch.Tensor, kind: str, params=()) -> torch.Tensor:
 
 def exact_neuron(x: torch.Tensor) -> bool:
     """Whether a neuron layer should compute `x` as Caffe does: bit-exact mode on, float32 CPU, op built."""
-    from pipeline import caffe_blas
+    from pipeline.exact import caffe_blas
 
     return caffe_blas.active(x) and available()

@@ -1,11 +1,11 @@
 """Caffe's math_functions on float32 tensors, as the solvers and layers use them: Caffe's rounding where it
-matters, and its very calls (OpenBLAS, libm's powf) in the bit-exact mode (pipeline/caffe_blas.py)."""
+matters, and its very calls (OpenBLAS, libm's powf) in the bit-exact mode (pipeline/exact/caffe_blas.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from pipeline import caffe_blas
+from pipeline.exact import caffe_blas
 from pipeline.ops import caffe_cpu
 
 

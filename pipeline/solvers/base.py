@@ -20,16 +20,16 @@ import torch
 from google.protobuf import text_format
 
 import pipeline.solvers.snapshot as snap
-from pipeline import caffe_blas
-from pipeline.caffe_rng import CaffeRNG
 from pipeline.errors import SolverError
+from pipeline.exact import caffe_blas
+from pipeline.exact.caffe_rng import CaffeRNG
 from pipeline.glog import get_logger
 from pipeline.proto import caffe_pb2
 from pipeline.solvers.diagnose import first_nonfinite
 from pipeline.solvers.nets import build, collect_nets, read_solver_param
 from pipeline.solvers.registry import solver_class
 from pipeline.solvers.sharing import share_weights
-from pipeline.weights import copy_weights
+from pipeline.weights.io import copy_weights
 
 f32 = np.float32
 NONE, SNAPSHOT, STOP = "none", "snapshot", "stop"

@@ -17,9 +17,9 @@ from pipeline.errors import PipelineError, SolverError
 from pipeline.glog import get_logger
 from pipeline.net import Net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text, read_text
-from pipeline.template import check_variables_used, template_variables
-from pipeline.upgrade import upgrade_net
+from pipeline.text.prototxt import parse_text, read_text
+from pipeline.text.template import check_variables_used, template_variables
+from pipeline.text.upgrade import upgrade_net
 
 TYPE_OF_ENUM = {
     caffe_pb2.SolverParameter.SGD: "SGD",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline import caffe_blas
 from pipeline.errors import SolverError
+from pipeline.exact import caffe_blas
 from pipeline.ops.caffe_math import caffe_axpby, caffe_sumsq
 from pipeline.solvers.base import Solver, fmt
 from pipeline.solvers.lr_policy import LrState, learning_rate

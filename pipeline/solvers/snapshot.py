@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from pipeline.blobs import array_to_blob, blob_to_array
 from pipeline.errors import SolverError, WeightsError
 from pipeline.fileio import temporary_beside
 from pipeline.proto import caffe_pb2
-from pipeline.weights import atomic_write, save_caffemodel, save_caffemodel_h5
+from pipeline.weights.blobs import array_to_blob, blob_to_array
+from pipeline.weights.io import atomic_write, save_caffemodel, save_caffemodel_h5
 
 
 @dataclass

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from pipeline.errors import DataError, NetBuildError
-from pipeline.layers.registry import layer_class
 from pipeline.net import Net
-from pipeline.netspec import net_state, state_meets_rule
+from pipeline.net.layers.registry import layer_class
 from pipeline.proto import caffe_pb2
+from pipeline.text.netspec import net_state, state_meets_rule
 from pipeline.transfer.netedit import TransferError, suggest
 
 PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
@@ -158,7 +158,7 @@ def build_feature_net(
     device: str | torch.device = "cpu",
     source: str = "<net>",
 ) -> Net:
-    from pipeline.weights import copy_weights
+    from pipeline.weights.io import copy_weights
 
     param = feature_net_param(net_param, data_phase)
     net = Net(param, phase=caffe_pb2.TEST, level=param.state.level, stages=list(param.state.stage), source=source)

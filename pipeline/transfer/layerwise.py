@@ -22,14 +22,14 @@ from google.protobuf import text_format
 from pipeline.errors import WeightsError
 from pipeline.glog import get_logger
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text
 from pipeline.solvers import share_weights, solver_class
 from pipeline.solvers.nets import collect_nets
+from pipeline.text.prototxt import parse_text
 from pipeline.transfer import netedit
 from pipeline.transfer.netedit import TransferError
 from pipeline.transfer.schedule import StagePlan, compile_schedule, digest, merge_over
 from pipeline.transfer.schema import Schedule, State
-from pipeline.weights import atomic_write, copy_weights
+from pipeline.weights.io import atomic_write, copy_weights
 
 NET_FIELDS = ("net", "net_param", "train_net", "train_net_param", "test_net", "test_net_param")
 WeightSpec = str | Path | tuple[str | Path, dict[str, str]]

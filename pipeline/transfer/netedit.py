@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from pipeline.compose import blob_count
 from pipeline.errors import NetBuildError, PipelineError
-from pipeline.layers.registry import layer_class
+from pipeline.net.layers.registry import layer_class
 from pipeline.proto import caffe_pb2
+from pipeline.text.compose import blob_count
 
 
 class TransferError(PipelineError):

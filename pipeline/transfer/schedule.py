@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.netspec import filter_net
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import parse_text, read_text
+from pipeline.text.netspec import filter_net
+from pipeline.text.prototxt import parse_text, read_text
 from pipeline.transfer import netedit
 from pipeline.transfer.netedit import NetInfo, TransferError
 from pipeline.transfer.schema import Schedule

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.caffemodel_io import write_caffemodel
 from pipeline.errors import WeightsError
 from pipeline.fileio import atomic_writer
 from pipeline.proto import caffe_pb2
 from pipeline.transfer.netedit import suggest
-from pipeline.weights import (
+from pipeline.weights.caffemodel import write_caffemodel
+from pipeline.weights.h5 import write_hdf5
+from pipeline.weights.io import (
     CopyReport,
     copy_layer_blobs,
     read_weight_arrays,
     save_caffemodel,
     save_caffemodel_h5,
 )
-from pipeline.weights_h5 import write_hdf5
 
 
 def read_weights(path: str | Path) -> OrderedDict[str, list[np.ndarray]]:

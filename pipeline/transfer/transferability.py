@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.layers.memory_data import set_input_arrays
+from pipeline.net.layers.memory_data import set_input_arrays
 from pipeline.proto import caffe_pb2
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 from pipeline.transfer.netedit import freeze
-from pipeline.weights import copy_layer_blobs
+from pipeline.weights.io import copy_layer_blobs
 
 EXPERIMENTS = ("baseB", "BnB", "BnB+", "AnB", "AnB+")
 

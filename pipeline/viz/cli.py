@@ -108,7 +108,7 @@ def plot_main(argv: list[str] | None = None) -> int:
 
 
 def draw_main(argv: list[str] | None = None) -> int:
-    from pipeline.template import parse_assignments
+    from pipeline.text.template import parse_assignments
     from pipeline.viz.draw import DrawError, draw_net_file
 
     parser = argparse.ArgumentParser(

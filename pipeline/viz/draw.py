@@ -343,7 +343,7 @@ def draw_net(
 ) -> DrawResult:
     """Draw a NetParameter to `output` (.png, .svg, .pdf or .dot). phase: TRAIN, TEST or ALL (every layer)."""
     from pipeline.net import PHASES
-    from pipeline.netspec import filter_net, net_state
+    from pipeline.text.netspec import filter_net, net_state
 
     if rankdir not in ("LR", "TB", "BT", "RL"):
         raise ValueError(f"rankdir must be LR, TB, BT or RL, not {rankdir!r}")
@@ -370,6 +370,6 @@ def draw_net(
 
 def draw_net_file(path: str | Path, output: str | Path, *, variables: dict | None = None, **options) -> DrawResult:
     """Draw a net prototxt file (a Jinja template is rendered with `variables` first)."""
-    from pipeline.prototxt import read_net
+    from pipeline.text.prototxt import read_net
 
     return draw_net(read_net(path, variables), output, **options)

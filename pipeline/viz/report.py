@@ -98,7 +98,7 @@ def _curves(log_file, label: str) -> dict:
 def _net_param(net, net_texts: dict[str, str]):
     """The NetParameter to draw: `net` (a NetParameter, a prototxt path, or a Net's own), else the first net text."""
     from pipeline.proto import caffe_pb2
-    from pipeline.prototxt import parse_text, read_net
+    from pipeline.text.prototxt import parse_text, read_net
 
     if isinstance(net, caffe_pb2.NetParameter):
         return net

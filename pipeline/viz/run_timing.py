@@ -3,7 +3,7 @@
 The Solver records no timings, so PhaseTimer wraps the methods of one solver *instance* (its train net's
 forward and backward, its source layers, apply_update, test): the Solver class and every other solver are
 untouched, and the cost is two clock reads per call. Per-layer milliseconds come from `caffe time`'s own
-measurement (pipeline/net_timing.py), run for a few iterations on the trained net after training.
+measurement (pipeline/net/timing.py), run for a few iterations on the trained net after training.
 
     timer = PhaseTimer.attach(solver)
     solver.solve()
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from pipeline.net_timing import layer_times
+from pipeline.net.timing import layer_times
 
 PHASES = ("data", "forward", "backward", "update", "test", "other")
 

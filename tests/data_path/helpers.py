@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.data.convert import write_images
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 
 def data_net(layer: str, phase: str = "TRAIN", seed: int = 1) -> Net:

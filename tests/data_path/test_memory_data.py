@@ -6,7 +6,7 @@ import torch
 
 from pipeline.data.errors import LayerDataError
 from pipeline.errors import DataError, NetBuildError
-from pipeline.layers.memory_data import set_input_arrays
+from pipeline.net.layers.memory_data import set_input_arrays
 
 from .helpers import data_net
 

@@ -8,9 +8,9 @@ import torch
 from gradcheck_util import single_layer_net
 
 from pipeline.errors import NetBuildError
-from pipeline.layers.registry import layer_class
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.net.layers.registry import layer_class
+from pipeline.text.prototxt import net_from_string
 
 
 def forward(body, feeds, n_tops=1):

@@ -5,7 +5,7 @@ import torch
 
 from pipeline.errors import NetBuildError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 
 def dummy_net(param: str, tops=("a", "b"), seed: int = 1701) -> Net:

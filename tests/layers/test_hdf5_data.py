@@ -11,7 +11,7 @@ import torch
 
 from pipeline.errors import DataError, NetBuildError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 
 def write(folder, name, rows, offset=0, extra=None, label=True):

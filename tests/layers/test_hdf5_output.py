@@ -9,7 +9,7 @@ import torch
 
 from pipeline.errors import DataError, NetBuildError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 SOURCE = """layer {{ name: "src" type: "DummyData" top: "data" top: "label"
   dummy_data_param {{ shape {{ dim: 5 dim: 2 dim: 3 dim: 4 }} shape {{ {label_dims} }}

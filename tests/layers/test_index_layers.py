@@ -8,7 +8,7 @@ from gradcheck_util import check_layer_gradients, single_layer_net
 
 from pipeline.errors import NetBuildError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 EMBED = (
     'type: "Embed" embed_param {{ input_dim: {k} num_output: {n} bias_term: {bias} '

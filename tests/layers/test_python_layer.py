@@ -12,9 +12,9 @@ import torch
 
 from pipeline.errors import NetBuildError
 from pipeline.net import Net, build_net
-from pipeline.prototxt import net_from_string
 from pipeline.solvers import build_solver
-from pipeline.weights import copy_weights, save_caffemodel
+from pipeline.text.prototxt import net_from_string
+from pipeline.weights.io import copy_weights, save_caffemodel
 
 # A write-your-own equivalent of BVLC's examples/pycaffe/layers/pyloss.py, plus layers for the other checks.
 LAYERS = """

@@ -7,7 +7,7 @@ import torch
 from gradcheck_util import check_layer_gradients, single_layer_net
 
 from pipeline.errors import NetBuildError
-from pipeline.layers.recurrent import _LSTMUnit
+from pipeline.net.layers.recurrent import _LSTMUnit
 
 H = 3
 FILLERS = 'weight_filler { type: "uniform" min: -0.6 max: 0.6 } bias_filler { type: "uniform" min: -0.4 max: 0.4 }'

@@ -9,7 +9,7 @@ from gradcheck_util import check_layer_gradients, single_layer_net
 
 from pipeline.errors import NetBuildError
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.text.prototxt import net_from_string
 
 
 def run(body, bottoms, n_tops=1):

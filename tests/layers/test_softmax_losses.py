@@ -7,11 +7,11 @@ import pytest
 import torch
 from gradcheck_util import check_layer_gradients, single_layer_net
 
-from pipeline.blobs import array_to_blob
 from pipeline.errors import NetBuildError
-from pipeline.layers.registry import layer_class
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.net.layers.registry import layer_class
+from pipeline.text.prototxt import net_from_string
+from pipeline.weights.blobs import array_to_blob
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 # loss_param text -> normalisation Caffe applies ("unset" = SoftmaxWithLoss's default, VALID)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.blobs import array_to_blob
 from pipeline.data.images import encode_image, resize_linear
 from pipeline.errors import DataError, NetBuildError
-from pipeline.layers.window_data import WindowBatches
 from pipeline.net import Net
-from pipeline.prototxt import net_from_string
+from pipeline.net.layers.window_data import WindowBatches
+from pipeline.text.prototxt import net_from_string
+from pipeline.weights.blobs import array_to_blob
 
 RNG = np.random.default_rng(7)
 # BGR planes (C, H, W) of two made-up images.

@@ -1,0 +1,119 @@
+"""Composing nets inside templates: `{{ embed_net("lenet.prototxt", prefix="t_", batch=64) }}`.
+
+A teacher-student prototxt needs the teacher's layers under other names (so two nets with a `conv1` can
+live in one file), without its data and loss layers, and frozen (lr_mult 0). `embed_net` renders another
+template, rewrites it that way and returns its layers as prototxt text.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from pipeline.errors import TemplateError
+from pipeline.proto import caffe_pb2
+from pipeline.text.prototxt_parse import parse_text
+from pipeline.text.template import PROJECT_PROTOTXT_DIR, register_global, render_file
+from pipeline.text.upgrade import upgrade_net
+
+SOURCE_TYPES = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "WindowData"}
+SCORE_TYPES = {"Accuracy", "Silence"}
+
+
+def blob_count(layer: caffe_pb2.LayerParameter) -> int:
+    """How many blobs a layer of this type holds (for freezing each with a ParamSpec)."""
+    kind = layer.type
+    if kind in ("Convolution", "Deconvolution"):
+        return 1 + layer.convolution_param.bias_term
+    if kind == "InnerProduct":
+        return 1 + layer.inner_product_param.bias_term
+    if kind == "Embed":
+        return 1 + layer.embed_param.bias_term
+    if kind == "Scale":
+        return 1 + layer.scale_param.bias_term
+    return {"Bias": 1, "PReLU": 1, "BatchNorm": 3, "RNN": 5, "LSTM": 3, "Parameter": 1}.get(kind, 0)
+
+
+def embed_layers(
+    net: caffe_pb2.NetParameter,
+    prefix: str,
+    shared=("data", "label"),
+    drop_sources: bool = True,
+    drop_losses: bool = True,
+    freeze: bool = True,
+    keep_phase_rules: bool = False,
+    share_params: str = "",
+    inputs: dict[str, str] | None = None,
+) -> list[caffe_pb2.LayerParameter]:
+    """The layers of `net` renamed with `prefix` (blobs in `shared` keep their names), optionally frozen.
+
+    `share_params` (with `freeze`) names each frozen blob `<share_params><layer>_<index>` after the original
+    layer name, so several embeddings of one net given the same value share one set of weights (Caffe's
+    ParamSpec.name): the first embedding owns them, a caffemodel loaded into it fills them all. `inputs` maps
+    blobs of the embedded net to blobs of the including one (e.g. its "data" to one crop of the data)."""
+    inputs = inputs or {}
+
+    def rename(blob: str) -> str:
+        if blob in inputs:
+            return inputs[blob]
+        return blob if blob in shared else prefix + blob
+
+    layers = []
+    for original in net.layer:
+        if drop_sources and original.type in SOURCE_TYPES:
+            continue
+        if drop_losses and (original.type.endswith("Loss") or original.type in SCORE_TYPES):
+            continue
+        layer = caffe_pb2.LayerParameter()
+        layer.CopyFrom(original)
+        layer.name = prefix + layer.name
+        layer.bottom[:] = [rename(b) for b in layer.bottom]
+        layer.top[:] = [rename(t) for t in layer.top]
+        for spec in layer.param:
+            if spec.name:
+                spec.name = prefix + spec.name
+        if freeze:
+            del layer.param[:]
+            for index in range(blob_count(layer)):
+                spec = layer.param.add(lr_mult=0, decay_mult=0)
+                if share_params:
+                    spec.name = f"{share_params}{original.name}_{index}"
+        if not keep_phase_rules:
+            del layer.include[:]
+            del layer.exclude[:]
+        layers.append(layer)
+    return layers
+
+
+def embed_net(
+    template: str,
+    *,
+    search_from: str = "<string>",
+    prefix: str = "t_",
+    shared=("data", "label"),
+    freeze: bool = True,
+    drop_sources: bool = True,
+    drop_losses: bool = True,
+    keep_phase_rules: bool | None = None,
+    share_params: str = "",
+    inputs: dict[str, str] | None = None,
+    **variables,
+) -> str:
+    """Render and parse `template` (found beside the including file or in prototxt/), return its layers."""
+    here = Path(search_from).resolve().parent if search_from != "<string>" else Path.cwd()
+    path = next((d / template for d in (here, PROJECT_PROTOTXT_DIR) if (d / template).exists()), None)
+    if path is None:
+        raise TemplateError(f"embed_net: template '{template}' not found beside {search_from} or in prototxt/")
+    net = upgrade_net(parse_text(render_file(path, variables), caffe_pb2.NetParameter(), str(path)), str(path))
+    keep = not drop_sources if keep_phase_rules is None else keep_phase_rules
+    layers = embed_layers(net, prefix, tuple(shared), drop_sources, drop_losses, freeze, keep, share_params, inputs)
+    return "".join("layer {\n" + _indent(text_format.MessageToString(layer)) + "}\n" for layer in layers)
+
+
+def _indent(text: str) -> str:
+    return "".join("  " + line + "\n" for line in text.splitlines())
+
+
+register_global("embed_net", lambda path: functools.partial(embed_net, search_from=path))
