@@ -40,7 +40,7 @@ def write_data(train_limit: int, test_limit: int) -> dict[str, str]:
     """MNIST (or the embedded digits) as HDF5 files scaled by 1/256, the form the templates' data="hdf5" reads."""
     import h5py
 
-    from pipeline.transfer.transferability import load_digits
+    from bench.transferability import load_digits
 
     data, source = load_digits(MNIST)
     folder = RUNS / "data"

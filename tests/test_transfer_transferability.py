@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.transfer import transferability as tr
+from bench import transferability as tr
 
 
 def fake_data(rows=50, side=16, seed=0):

@@ -7,7 +7,7 @@ layerwise.py    running a schedule stage by stage with Caffe's solvers, resumabl
 finetune.py     the "replace the head, train it, then the whole net" recipe as a two-stage schedule
 surgery.py      weights by layer name: copy, rename, drop, prefix, merge, re-initialise, save
 features.py     extracting any blob to NumPy/HDF5/LMDB and classifying it with scikit-learn
-transferability.py  Yosinski et al. 2014's experiment (base nets, BnB/AnB, frozen and fine-tuned)
+(Yosinski et al. 2014's transferability experiment is bench/transferability.py, not library code.)
 """
 
 from pipeline.transfer.netedit import TransferError
