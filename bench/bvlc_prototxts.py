@@ -28,8 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.proto import caffe_pb2  # noqa: E402
+from pipeline.proto import caffe_pb2
 
 ENV = "BVLC_CAFFE_DIR"
 FOLDERS = ("examples", "models")

@@ -36,13 +36,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from pipeline.cli.tools.teacher_student_story import train
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-import torch  # noqa: E402
-from teacher_student_story import train  # noqa: E402
 
 TRAIN_SIZE, TEST_SIZE, BATCH = 60000, 10000, 100
 JITTER = 2  # pixels: the teacher's random translations (and the padding of its LMDB)

@@ -1,12 +1,10 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PIPELINE_SHARED", ROOT.parent / "shared"))
-sys.path.insert(0, str(ROOT))
 
 
 def shared_path(*parts: str) -> Path:

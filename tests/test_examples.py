@@ -4,14 +4,12 @@ teacher loaded from a caffemodel by layer name, frozen, distilled into an MLP) w
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 
 pytest.importorskip("pipeline.ops.distill")
 
@@ -32,8 +30,7 @@ def at_root(monkeypatch):
 
 
 def test_layerwise_lenet_example_runs_its_three_stages(mnist, tmp_path, capsys, at_root):
-    import train_layerwise
-
+    from pipeline.cli.tools import train_layerwise
     from pipeline.transfer.surgery import read_weights
 
     run = tmp_path / "run"

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+from pipeline.cli.tools import teacher_student_story as story
 
-import teacher_student_story as story  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("pipeline.ops.distill")
 

@@ -99,10 +99,6 @@ def test_hint_loss_regresses_student_onto_teacher():
 
 
 def test_hint_gradients():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from gradcheck_util import check_layer_gradients
 
     check_layer_gradients(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import h5py
@@ -16,8 +15,6 @@ from pipeline.text.prototxt import net_from_string
 from pipeline.transfer import features as ft
 from pipeline.transfer.netedit import TransferError
 from pipeline.weights.io import save_caffemodel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 ROWS = {"train": 30, "test": 20}
 NET = """
@@ -122,7 +119,7 @@ def test_classifiers_on_separable_features(kind):
 
 
 def test_cli_baseline_and_errors(folder, capsys):
-    import extract_features as tool
+    from pipeline.cli.tools import extract_features as tool
 
     Path("net.prototxt").write_text(NET)
     base = ["--model", "net.prototxt", "--weights", "w.caffemodel", "--no-progress"]
@@ -148,7 +145,7 @@ def _lmdb_items(path: str) -> list[tuple[bytes, bytes]]:
 
 
 def test_cli_caffe_positional_form_writes_what_the_flags_write(folder, capsys):
-    import extract_features as tool
+    from pipeline.cli.tools import extract_features as tool
 
     Path("net.prototxt").write_text(NET)
     # BVLC: extract_features pretrained_net_param feature_extraction_proto_file blobs datasets num_mini_batches db_type

@@ -214,10 +214,7 @@ def test_schedule_syntax_errors_name_file_and_line():
 
 
 def test_cli_runs_and_reports_bad_input(folder, capsys):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import train_layerwise
+    from pipeline.cli.tools import train_layerwise
 
     Path("net.prototxt").write_text(NET)
     Path("solver.prototxt").write_text(
@@ -248,10 +245,7 @@ def test_cli_runs_and_reports_bad_input(folder, capsys):
 def test_cli_set_reaches_the_schedule_and_solver_fields_and_refuses_typos(folder, capsys):
     """tools/train_layerwise.py --set: the solver's, its net's and the schedule's template variables, else a
     SolverParameter field, else an error naming it."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import train_layerwise
+    from pipeline.cli.tools import train_layerwise
 
     Path("net.prototxt").write_text(NET)
     Path("solver.prototxt").write_text(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import h5py
@@ -21,8 +20,6 @@ from pipeline.transfer.layerwise import LayerwiseRun
 from pipeline.transfer.netedit import TransferError, replace_head
 from pipeline.weights.caffemodel import scan_caffemodel
 from pipeline.weights.io import copy_weights, save_caffemodel, save_caffemodel_h5
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 NET = """
 name: "small"
@@ -139,7 +136,7 @@ def test_surgery_errors(folder, operation, message):
 
 
 def test_surgery_cli(folder, capsys):
-    import net_surgery
+    from pipeline.cli.tools import net_surgery
 
     source_model()
     args = ["--weights", "src.caffemodel", "--rename", "conv1=conv_st_1", "--prefix", "s_", "--output", "o.caffemodel"]
@@ -192,7 +189,7 @@ def test_finetune_trains_the_head_then_everything(folder):
 
 
 def test_finetune_cli_checks_before_training(folder, capsys):
-    import finetune as tool
+    from pipeline.cli.tools import finetune as tool
 
     source_model()
     base = ["--model", "net.prototxt", "--weights", "src.caffemodel", "--num-classes", "2", "--prefix", "ft/x"]
@@ -205,7 +202,7 @@ def test_finetune_cli_checks_before_training(folder, capsys):
 
 def test_finetune_cli_refuses_a_set_nothing_reads(folder, capsys):
     """--set names a template variable of the model (or of --solver and its net, else a solver field)."""
-    import finetune as tool
+    from pipeline.cli.tools import finetune as tool
 
     source_model()
     Path("net.prototxt").write_text(NET)
@@ -252,7 +249,7 @@ def net_shapes(net) -> dict[str, list[tuple[tuple[int, ...], bool]]]:
 
 @pytest.mark.parametrize("version", ["V1", "V0"])
 def test_net_surgery_on_an_old_caffemodel_writes_the_layers_blob_shapes(folder, version, capsys):
-    import net_surgery
+    from pipeline.cli.tools import net_surgery
 
     net = old_caffemodel("old.caffemodel", version)
     assert stored_shapes("old.caffemodel")["ip1"] == [((1, 1, 6, 27), True), ((1, 1, 1, 6), True)]
@@ -298,7 +295,7 @@ def test_other_writers_upgrade_old_blob_shapes_too(folder):
 
 def test_net_surgery_on_real_v1_lenet_writes_what_caffe_saves(folder):
     """The V1 LeNet of ../shared: its surgery output has the shapes of the same model saved by a V2 Caffe."""
-    import net_surgery
+    from pipeline.cli.tools import net_surgery
 
     v1 = shared_path("caffe-models", "lenet_v1", "lenet_iter_10000.caffemodel")
     v2 = shared_path("caffe-models", "lenet_v2", "lenet_iter_10000.caffemodel")

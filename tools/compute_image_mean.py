@@ -2,11 +2,8 @@
 """Caffe's compute_image_mean tool on our data package: `python tools/compute_image_mean.py --help`."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.data.convert import main_compute_image_mean  # noqa: E402
+from pipeline.data.convert import main_compute_image_mean
 
 if __name__ == "__main__":
     sys.exit(main_compute_image_mean())

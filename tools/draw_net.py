@@ -6,11 +6,8 @@ Exit status: 0 drawn, 2 the net does not parse, 3 graphviz's `dot` is missing (t
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.viz.cli import draw_main  # noqa: E402
+from pipeline.viz.cli import draw_main
 
 if __name__ == "__main__":
     sys.exit(draw_main())

@@ -7,11 +7,8 @@ Exit status: 0 written (warnings on stderr), 1 nothing to tabulate (empty or for
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.viz.cli import parse_log_main  # noqa: E402
+from pipeline.viz.cli import parse_log_main
 
 if __name__ == "__main__":
     sys.exit(parse_log_main())

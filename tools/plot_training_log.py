@@ -7,11 +7,8 @@ Exit status: 0 drawn (warnings on stderr), 1 nothing to draw, 2 usage or unreada
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.viz.cli import plot_main  # noqa: E402
+from pipeline.viz.cli import plot_main
 
 if __name__ == "__main__":
     sys.exit(plot_main())

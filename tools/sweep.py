@@ -9,11 +9,8 @@ Exit status: 0 every run trained, 1 some run failed, 2 the sweep could not start
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.sweep.run import main  # noqa: E402
+from pipeline.sweep.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

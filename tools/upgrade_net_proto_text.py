@@ -2,11 +2,8 @@
 """Caffe's upgrade_net_proto_text: `tools/upgrade_net_proto_text.py IN OUT` (pipeline.weights.upgrade_tools)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.weights.upgrade_tools import upgrade_tool_main  # noqa: E402
+from pipeline.cli.tools import upgrade_net_proto_text
 
 if __name__ == "__main__":
-    sys.exit(upgrade_tool_main("text"))
+    sys.exit(upgrade_net_proto_text())
