@@ -10,26 +10,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import pipeline.net.layers  # noqa: F401  (registers every layer type)
-import pipeline.net.layers.base as layer_base
 from pipeline.errors import NetBuildError
 from pipeline.net import Net
-from pipeline.net.fillers import fill
 from pipeline.net.layers.registry import layer_class
 from pipeline.proto import caffe_pb2
 from pipeline.text.netspec import filter_net, net_state
 from pipeline.weights.io import CopyReport, copy_weights
 
 TEST = caffe_pb2.TEST
-#: Layers that need labels or produce nothing an inference user wants.
-_DROPPED_TYPES = {"Accuracy", "Silence", "HDF5Output"}
 
 
 def _is_source(layer: caffe_pb2.LayerParameter) -> bool:
@@ -42,12 +34,12 @@ def _is_source(layer: caffe_pb2.LayerParameter) -> bool:
 
 
 def _dropped(layer: caffe_pb2.LayerParameter) -> bool:
-    if layer.type in _DROPPED_TYPES:
-        return True
+    """Layers that need labels (losses, Accuracy) or produce nothing an inference user wants (its class says)."""
     try:
-        return layer_class(layer.type, layer.name).is_loss
+        cls = layer_class(layer.type, layer.name)
     except NetBuildError:
         return False
+    return cls.is_loss or cls.drop_with_losses or not cls.in_deploy
 
 
 def _data_shape(layer: caffe_pb2.LayerParameter, index: int) -> tuple[int, ...] | None:
@@ -204,28 +196,6 @@ def _transform(layer: caffe_pb2.LayerParameter):
     return layer.transform_param, (layer.data_param if layer.type == "Data" else layer.image_data_param)
 
 
-@contextmanager
-def _deferred_fillers() -> Iterator[list]:
-    """Blobs created inside are left uninitialised; yields [(tensor, filler, shape, generator)] to fill later."""
-    pending: list = []
-    original = layer_base.fill
-
-    def deferred(param, shape, generator=None):
-        from pipeline.net.fillers import check_filler
-
-        shape = tuple(int(d) for d in shape)
-        check_filler(param, shape)
-        tensor = torch.empty(shape, dtype=torch.float32)
-        pending.append((tensor, param, shape, generator))
-        return tensor
-
-    layer_base.fill = deferred
-    try:
-        yield pending
-    finally:
-        layer_base.fill = original
-
-
 def build_net_for_weights(
     param: caffe_pb2.NetParameter, weights: list[str | Path], source: str = "<net>", seed: int = 0
 ) -> tuple[Net, list[CopyReport]]:
@@ -234,8 +204,7 @@ def build_net_for_weights(
 
     Fillers run only for the blobs of layers that no file gave weights to (Caffe would have filled those).
     """
-    with _deferred_fillers() as pending:
-        net = Net(param, phase=TEST, seed=seed, source=source)
+    net = Net(param, phase=TEST, seed=seed, source=source, fill_blobs=False)
     reports = []
     try:
         for path in weights:
@@ -243,10 +212,8 @@ def build_net_for_weights(
     finally:
         copied = {name for report in reports for name in report.copied}
         owners = {t.data_ptr() for layer in net.layers if layer.name in copied for t in layer.blobs}
-        with torch.no_grad():
-            for tensor, filler, shape, generator in pending:
-                if tensor.data_ptr() not in owners:
-                    tensor.copy_(fill(filler, shape, generator=generator))
+        for layer in net.layers:
+            layer.reset_parameters(keep=owners)
     for report in reports:
         report.missing = [layer.name for layer in net.layers if layer.blobs and layer.name not in copied]
     return net, reports

@@ -41,9 +41,12 @@ class Net(nn.Module):
         seed: int | None = None,
         source: str = "<net>",
         filler_rng: CaffeRNG | None = None,
+        fill_blobs: bool = True,
     ):
         """`filler_rng`: Caffe's random stream to fill the blobs from (a solver shares one among its nets, as
-        Caffe's global generator); by default a seeded net in the bit-exact mode starts its own."""
+        Caffe's global generator); by default a seeded net in the bit-exact mode starts its own. `fill_blobs`
+        False leaves the blobs unfilled (their fillers checked) for weights copied in next; each layer's
+        `reset_parameters()` fills it later."""
         super().__init__()
         phase = PHASES[phase] if isinstance(phase, str) else phase
         self.source = source
@@ -60,6 +63,7 @@ class Net(nn.Module):
         self.loss: torch.Tensor | None = None
         self._values: dict[str, torch.Tensor] = {}
         self._first_values: dict[str, torch.Tensor] = {}
+        self._fill_blobs = fill_blobs
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
         # A seeded net in the bit-exact mode fills its blobs from Caffe's own random stream.
         if filler_rng is None and seed is not None and caffe_blas.is_on():
@@ -97,6 +101,7 @@ class Net(nn.Module):
         layer = cls(layer_param, self.phase)
         layer.generator = generator
         layer.filler_rng = filler_rng
+        layer.fill_blobs = self._fill_blobs
         named_tops = len(layer_param.top)
         if layer.is_loss and layer.num_tops and named_tops < layer.num_tops[0]:
             # A LossLayer's AutoTopBlobs(): the tops it needs and the file leaves out are made anonymous, named

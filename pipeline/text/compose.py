@@ -8,6 +8,7 @@ template, rewrites it that way and returns its layers as prototxt text.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -18,22 +19,41 @@ from pipeline.text.prototxt_parse import parse_text
 from pipeline.text.template import PROJECT_PROTOTXT_DIR, register_global, render_file
 from pipeline.text.upgrade import upgrade_net
 
-SOURCE_TYPES = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "WindowData"}
-SCORE_TYPES = {"Accuracy", "Silence"}
+# What a layer type is (a data layer, a loss, how many blobs) is a fact of its class (pipeline/net/layers/), which
+# this part of the package may not import: pipeline.net.layers hands its look-up over when it is imported.
+_layer_class: Callable[[str], object | None] | None = None
+
+
+def register_layer_classes(lookup: Callable[[str], object | None]) -> None:
+    """`lookup(type)`: the registered Layer class of a Caffe type, or None for a type nobody registered."""
+    global _layer_class
+    _layer_class = lookup
+
+
+def layer_class_of(kind: str):
+    """The Layer class of `kind`, or None where the type is not registered (V1 names, other forks' types)."""
+    if _layer_class is None:
+        raise TemplateError("embed_net needs the layer types: import pipeline.net.layers first")
+    return _layer_class(kind)
 
 
 def blob_count(layer: caffe_pb2.LayerParameter) -> int:
-    """How many blobs a layer of this type holds (for freezing each with a ParamSpec)."""
-    kind = layer.type
-    if kind in ("Convolution", "Deconvolution"):
-        return 1 + layer.convolution_param.bias_term
-    if kind == "InnerProduct":
-        return 1 + layer.inner_product_param.bias_term
-    if kind == "Embed":
-        return 1 + layer.embed_param.bias_term
-    if kind == "Scale":
-        return 1 + layer.scale_param.bias_term
-    return {"Bias": 1, "PReLU": 1, "BatchNorm": 3, "RNN": 5, "LSTM": 3, "Parameter": 1}.get(kind, 0)
+    """How many blobs a layer of this type holds (for freezing each with a ParamSpec); 0 for unknown types."""
+    cls = layer_class_of(layer.type)
+    return cls.blob_count_for(layer) if cls is not None else 0
+
+
+def _is_source(kind: str) -> bool:
+    cls = layer_class_of(kind)
+    return cls is not None and cls.is_source
+
+
+def _with_losses(kind: str) -> bool:
+    """A loss, or a layer that only makes sense beside one (Accuracy, Silence); unknown types by their name."""
+    cls = layer_class_of(kind)
+    if cls is None:
+        return kind.endswith("Loss")
+    return cls.is_loss or cls.drop_with_losses
 
 
 def embed_layers(
@@ -62,9 +82,9 @@ def embed_layers(
 
     layers = []
     for original in net.layer:
-        if drop_sources and original.type in SOURCE_TYPES:
+        if drop_sources and _is_source(original.type):
             continue
-        if drop_losses and (original.type.endswith("Loss") or original.type in SCORE_TYPES):
+        if drop_losses and _with_losses(original.type):
             continue
         layer = caffe_pb2.LayerParameter()
         layer.CopyFrom(original)

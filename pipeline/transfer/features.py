@@ -78,19 +78,7 @@ def dataset_size(net: Net) -> int | None:
     for layer in net.layers:
         if not layer.is_source:
             continue
-        if layer.param.type == "Data":
-            from pipeline.data.lmdb_source import LmdbReader
-
-            reader = LmdbReader(layer.param.data_param.source)
-            try:
-                return reader.entries
-            finally:
-                reader.close()
-        if layer.param.type == "MemoryData" and getattr(layer, "data", None) is not None:
-            return len(layer.data)
-        if layer.param.type == "HDF5Data" and len(getattr(layer, "files", [])) == 1:
-            return layer.arrays[0].shape[0]
-        return None
+        return layer.dataset_size()
     return None
 
 

@@ -35,53 +35,16 @@ FAMILY_COLOURS = {
     "recurrent": "#b4a7d6",
     "other": "#ffffff",
 }
-FAMILIES = {
-    "convolution": ("Convolution", "Deconvolution", "Im2col", "DepthwiseConvolution"),
-    "pooling": ("Pooling", "SPP"),
-    "fully connected": ("InnerProduct", "Embed"),
-    "activation": (
-        "ReLU",
-        "PReLU",
-        "ELU",
-        "Sigmoid",
-        "TanH",
-        "AbsVal",
-        "BNLL",
-        "Power",
-        "Exp",
-        "Log",
-        "Threshold",
-        "Clip",
-        "Swish",
-        "GELU",
-        "Softmax",
-    ),  # fmt: skip
-    "normalisation": ("BatchNorm", "LRN", "MVN", "Scale", "Bias", "Normalize"),
-    "regularisation": ("Dropout",),
-    "loss": ("KnowledgeDistillation", "Hint", "TeacherEnsemble"),
-    "metric": ("Accuracy", "ArgMax"),
-    "structure": (
-        "Concat",
-        "Slice",
-        "Split",
-        "Flatten",
-        "Reshape",
-        "Eltwise",
-        "Crop",
-        "Tile",
-        "Reduction",
-        "Silence",
-        "Permute",
-        "Filter",
-        "BatchReindex",
-    ),  # fmt: skip
-    "recurrent": ("RNN", "LSTM", "Recurrent"),
-    "data": ("Input", "Python"),
+# A registered type's family, weights and statistics are facts of its class (`draw_family`, `blob_names`,
+# `blobs_are_statistics`). These are types from other Caffe forks that no class here builds, drawn by name.
+OTHER_FORKS_FAMILY = {
+    "DepthwiseConvolution": "convolution",
+    "GELU": "activation",
+    "Normalize": "normalisation",
+    "Permute": "structure",
+    "Recurrent": "recurrent",
 }
-TYPE_FAMILY = {t: family for family, types in FAMILIES.items() for t in types}
-WEIGHT_TYPES = {"Convolution", "Deconvolution", "InnerProduct", "Embed", "Scale", "Bias", "PReLU", "BatchNorm", "RNN",
-                "LSTM", "DepthwiseConvolution"}  # fmt: skip
-STATISTICS_TYPES = {"BatchNorm"}  # lr_mult 0 on running statistics is no sign of a frozen or teacher layer
+OTHER_FORKS_WEIGHTED = {"DepthwiseConvolution"}
 TEACHER_COLOUR, FROZEN_BORDER = "#b45f06", "#666666"
 
 
@@ -98,9 +61,19 @@ class DrawResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _registered(layer_type: str):
+    """The Layer class of a registered type, else None (V1 names, other forks' types)."""
+    from pipeline.net.layers.registry import LAYERS
+
+    return LAYERS.get(layer_type) if layer_type in LAYERS else None
+
+
 def family(layer_type: str) -> str:
-    if layer_type in TYPE_FAMILY:
-        return TYPE_FAMILY[layer_type]
+    cls = _registered(layer_type)
+    if cls is not None and (cls.draw_family or cls.is_loss or cls.is_source):
+        return cls.draw_family or ("loss" if cls.is_loss else "data")
+    if layer_type in OTHER_FORKS_FAMILY:
+        return OTHER_FORKS_FAMILY[layer_type]
     if layer_type.endswith("Loss"):
         return "loss"
     if layer_type.endswith("Data"):
@@ -159,11 +132,17 @@ def _phase_of(layer: caffe_pb2.LayerParameter) -> str | None:
 
 def frozen(layer: caffe_pb2.LayerParameter, blob_count: int | None = None) -> bool:
     """Every param has lr_mult 0 (params beyond the listed specs default to lr_mult 1)."""
-    if layer.type in STATISTICS_TYPES or not layer.param:
+    cls = _registered(layer.type)
+    if (cls is not None and cls.blobs_are_statistics) or not layer.param:
         return False
     if blob_count is not None and blob_count > len(layer.param):
         return False
     return all(p.lr_mult == 0 for p in layer.param)
+
+
+def _has_weights(layer_type: str) -> bool:
+    cls = _registered(layer_type)
+    return bool(cls.blob_names) if cls is not None else layer_type in OTHER_FORKS_WEIGHTED
 
 
 def teacher_layers(layers, prefix: str, blob_counts: dict[str, int] | None = None) -> set[int]:
@@ -171,7 +150,7 @@ def teacher_layers(layers, prefix: str, blob_counts: dict[str, int] | None = Non
     teacher: set[int] = set()
     from_teacher: dict[str, bool] = {}
     for i, layer in enumerate(layers):
-        weightless = not layer.param and layer.type not in WEIGHT_TYPES
+        weightless = not layer.param and not _has_weights(layer.type)
         fed_by_teacher = bool(layer.bottom) and all(from_teacher.get(b, False) for b in layer.bottom)
         is_teacher = (
             (bool(prefix) and layer.name.startswith(prefix))

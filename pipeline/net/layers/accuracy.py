@@ -15,6 +15,8 @@ from pipeline.net.layers.registry import register
 
 @register("Accuracy")
 class Accuracy(Layer):
+    drop_with_losses = True
+    draw_family = "metric"
     has_backward = False
     num_bottoms = (2, 2)
     num_tops = (1, 2)

@@ -22,6 +22,7 @@ def top_k_caffe(x: torch.Tensor, dim: int, k: int) -> tuple[torch.Tensor, torch.
 
 @register("ArgMax")
 class ArgMax(Layer):
+    draw_family = "metric"
     has_backward = False
     num_bottoms = (1, 1)
     num_tops = (1, 1)

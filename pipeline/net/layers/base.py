@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import NetBuildError
-from pipeline.net.fillers import fill
+from pipeline.net.fillers import check_filler, fill
 from pipeline.proto import caffe_pb2
 
 Shape = tuple[int, ...]
@@ -38,6 +38,34 @@ class Layer(nn.Module):
     #: Attribute names of this layer's blobs, in Caffe's blob order (0 = weights, 1 = bias, ...).
     blob_names: ClassVar[tuple[str, ...]] = ()
 
+    # ----- facts about the type, read by the tools through the registry (`layer_class(type).<fact>`) ------
+    #: Only meaningful next to the losses (scores against labels, swallows blobs): `embed_net` drops it with the
+    #: losses and a deploy net drops it (Accuracy, Silence).
+    drop_with_losses: ClassVar[bool] = False
+    #: False where a deploy net drops the layer although it is no loss (HDF5Output writes files).
+    in_deploy: ClassVar[bool] = True
+    #: Why the layer cannot be exported (ONNX, torch.export), or "" where it can.
+    not_exportable: ClassVar[str] = ""
+    #: The colour family draw_net gives it ("convolution", "activation", ...); "" lets draw decide by the name.
+    draw_family: ClassVar[str] = ""
+    #: Its blobs are running statistics kept at lr_mult 0 (BatchNorm): lr_mult 0 is no sign of a frozen layer.
+    blobs_are_statistics: ClassVar[bool] = False
+
+    @classmethod
+    def blob_count_for(cls, param: caffe_pb2.LayerParameter) -> int:
+        """How many blobs a layer of this type holds, from its prototxt alone (for freezing each with a
+        ParamSpec); types whose count depends on the parameter override it."""
+        return len(cls.blob_names)
+
+    def export_forward(self, *bottoms: torch.Tensor):
+        """The TEST-phase forward that export traces (DeployModule): the layer's own unless a type computes it
+        through state or caches a tracer should not see, where it overrides this with the same numbers."""
+        return self(*bottoms)
+
+    def dataset_size(self) -> int | None:
+        """Items in one pass over a data layer's source, where the source can tell."""
+        return None
+
     def __init__(self, param: caffe_pb2.LayerParameter, phase: int = TRAIN):
         super().__init__()
         self.param = param
@@ -48,6 +76,10 @@ class Layer(nn.Module):
         self.generator: torch.Generator | None = None
         #: Caffe's random stream for the blob fillers (pipeline/exact/caffe_rng.py), when the net reproduces Caffe's.
         self.filler_rng = None
+        #: False: `add_blob` leaves blobs unfilled (checking their fillers) for weights copied in later; then
+        #: `reset_parameters()` fills those the weights did not give (pipeline/export/deploy.py).
+        self.fill_blobs = True
+        self._fillers: dict[str, caffe_pb2.FillerParameter] = {}
 
     # ----- to override -------------------------------------------------------------------------------
     def setup(self, bottom_shapes: list[Shape]) -> list[Shape]:
@@ -70,12 +102,28 @@ class Layer(nn.Module):
     ) -> torch.Tensor:
         """Create a Caffe blob of `shape` filled by `filler` (constant 0 if None) under attribute `attr`."""
         filler = filler if filler is not None else caffe_pb2.FillerParameter(type="constant")
-        data = fill(filler, tuple(shape), generator=self.filler_rng or self.generator)
+        self._fillers[attr] = filler
+        if self.fill_blobs:
+            data = fill(filler, tuple(shape), generator=self.filler_rng or self.generator)
+        else:
+            check_filler(filler, tuple(int(d) for d in shape))
+            data = torch.empty(tuple(int(d) for d in shape), dtype=torch.float32)
         if learnable:
             setattr(self, attr, nn.Parameter(data))
         else:
             self.register_buffer(attr, data)
         return getattr(self, attr)
+
+    @torch.no_grad()
+    def reset_parameters(self, keep: frozenset[int] | set[int] = frozenset()) -> None:
+        """Fill this layer's blobs again from their fillers (torch.nn style), in creation order, from the layer's
+        random stream; a blob whose storage (`data_ptr()`) is in `keep` is left as it is (shared with loaded
+        weights)."""
+        for attr, filler in self._fillers.items():
+            blob = getattr(self, attr, None)
+            if blob is None or blob.data_ptr() in keep:
+                continue
+            blob.copy_(fill(filler, tuple(blob.shape), generator=self.filler_rng or self.generator))
 
     @property
     def blobs(self) -> list[torch.Tensor]:

@@ -45,6 +45,8 @@ class _BatchStatsNorm(torch.autograd.Function):
 
 @register("BatchNorm")
 class BatchNorm(Layer):
+    blobs_are_statistics = True
+    draw_family = "normalisation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
     blob_names = ("mean_sum", "variance_sum", "scale_factor")

@@ -16,6 +16,7 @@ from pipeline.net.layers.registry import register
 
 @register("BatchReindex")
 class BatchReindex(Layer):
+    draw_family = "structure"
     num_bottoms = (2, 2)
     num_tops = (1, 1)
 
@@ -31,6 +32,8 @@ class BatchReindex(Layer):
 
 @register("Filter")
 class Filter(Layer):
+    not_exportable = "its output size depends on the values of its selector input"
+    draw_family = "structure"
     num_bottoms = (2, None)
     num_tops = (1, None)
 

@@ -51,6 +51,7 @@ def broadcastable(operand: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
 
 @register("Bias")
 class Bias(Layer):
+    draw_family = "normalisation"
     num_bottoms = (1, 2)
     num_tops = (1, 1)
     blob_names = ("bias",)

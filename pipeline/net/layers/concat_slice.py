@@ -21,6 +21,7 @@ def _legacy_axis(layer: Layer, param, new: str, old: str, num_axes: int) -> int:
 
 @register("Concat")
 class Concat(Layer):
+    draw_family = "structure"
     num_bottoms = (1, None)
     num_tops = (1, 1)
 
@@ -48,6 +49,7 @@ class Concat(Layer):
 
 @register("Slice")
 class Slice(Layer):
+    draw_family = "structure"
     num_bottoms = (1, 1)
     num_tops = (1, None)
 

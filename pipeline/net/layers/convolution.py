@@ -35,6 +35,10 @@ def spatial_param(layer, p, field: str, n: int, default: int) -> tuple[int, ...]
 
 
 class _ConvBase(Layer):
+    @classmethod
+    def blob_count_for(cls, param):
+        return 1 + param.convolution_param.bias_term
+
     num_bottoms = (1, None)
     blob_names = ("weight", "bias")
     transposed = False
@@ -98,6 +102,8 @@ class _ConvBase(Layer):
 
 @register("Convolution")
 class Convolution(_ConvBase):
+    draw_family = "convolution"
+
     def setup(self, bottom_shapes):
         tops = super().setup(bottom_shapes)
         if self.weight.dim() == 4 and self.weight.dtype == torch.float32:
@@ -127,6 +133,7 @@ class Convolution(_ConvBase):
 
 @register("Deconvolution")
 class Deconvolution(_ConvBase):
+    draw_family = "convolution"
     transposed = True
 
     def output_size(self, i, size, axis):

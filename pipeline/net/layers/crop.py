@@ -10,6 +10,7 @@ from pipeline.net.layers.registry import register
 
 @register("Crop")
 class Crop(Layer):
+    draw_family = "structure"
     num_bottoms = (2, 2)
     num_tops = (1, 1)
 

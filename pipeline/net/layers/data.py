@@ -20,6 +20,13 @@ from pipeline.proto import caffe_pb2
 class Data(PrefetchingDataLayer):
     num_tops = (1, 2)
 
+    def dataset_size(self) -> int | None:
+        reader = LmdbReader(self.param.data_param.source)
+        try:
+            return reader.entries
+        finally:
+            reader.close()
+
     def open_source(self):
         param = self.param.data_param
         self.check(param.batch_size > 0, "data_param.batch_size must be positive")

@@ -13,6 +13,7 @@ from pipeline.net.layers.registry import register
 
 @register("Dropout")
 class Dropout(Layer):
+    draw_family = "regularisation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -59,6 +59,7 @@ class _StableProd(torch.autograd.Function):
 
 @register("Eltwise")
 class Eltwise(Layer):
+    draw_family = "structure"
     num_bottoms = (2, None)
     num_tops = (1, 1)
 

@@ -9,6 +9,7 @@ from pipeline.ops.caffe_cpu import caffe_neuron, exact_neuron
 
 @register("ELU")
 class ELU(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -25,6 +25,11 @@ def as_indices(layer: Layer, values: torch.Tensor, limit: int, bottom: int) -> t
 
 @register("Embed")
 class Embed(Layer):
+    @classmethod
+    def blob_count_for(cls, param):
+        return 1 + param.embed_param.bias_term
+
+    draw_family = "fully connected"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
     blob_names = ("weight", "bias")

@@ -54,6 +54,10 @@ class HDF5Data(Layer):
         self.register_buffer("target", torch.zeros(0), persistent=False)
         return [(self.batch_size, *array.shape[1:]) for array in self.arrays]
 
+    def dataset_size(self) -> int | None:
+        # One file is loaded at a time: the size is known for a single file only.
+        return self.arrays[0].shape[0] if len(getattr(self, "files", [])) == 1 else None
+
     def _permutation(self, n: int) -> np.ndarray:
         return torch.randperm(n, generator=self.generator).numpy()
 

@@ -36,6 +36,8 @@ def legacy_shape(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
 
 @register("HDF5Output")
 class HDF5Output(Layer):
+    not_exportable = "writes files"
+    in_deploy = False
     has_backward = False
     num_bottoms = (2, 2)
     num_tops = (0, 0)

@@ -15,6 +15,10 @@ from pipeline.proto import caffe_pb2
 
 @register("HintLoss")
 class HintLoss(Layer):
+    @classmethod
+    def blob_count_for(cls, param):
+        return 1 + param.hint_param.bias_term
+
     num_bottoms = (2, 2)
     num_tops = (1, 1)
     is_loss = True

@@ -17,6 +17,7 @@ from pipeline.net.layers.registry import register
 
 @register("Im2col")
 class Im2col(Layer):
+    draw_family = "convolution"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -10,6 +10,11 @@ from pipeline.net.layers.registry import register
 
 @register("InnerProduct")
 class InnerProduct(Layer):
+    @classmethod
+    def blob_count_for(cls, param):
+        return 1 + param.inner_product_param.bias_term
+
+    draw_family = "fully connected"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
     blob_names = ("weight", "bias")

@@ -22,6 +22,7 @@ WITHIN_CHANNEL = caffe_pb2.LRNParameter.WITHIN_CHANNEL
 
 @register("LRN")
 class LRN(Layer):
+    draw_family = "normalisation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -46,6 +46,9 @@ class MemoryData(Layer):
             get_logger().warning("%s: MemoryData does not transform array data", self.name)
         return [(self.batch_size, *self.item_shape), (self.batch_size,)]
 
+    def dataset_size(self) -> int | None:
+        return len(self.data) if self.data is not None else None
+
     def set_input_arrays(self, data, labels) -> None:
         """Rows of `data` (N, C, H, W) and `labels` (N,) or (N, 1, 1, 1); N a multiple of batch_size."""
         data = np.asarray(data)

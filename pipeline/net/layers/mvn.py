@@ -37,6 +37,7 @@ class _NormalizeVariance(torch.autograd.Function):
 
 @register("MVN")
 class MVN(Layer):
+    draw_family = "normalisation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -17,6 +17,7 @@ from pipeline.ops.caffe_cpu import caffe_neuron, exact_neuron
 
 
 class _Neuron(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -26,6 +26,7 @@ def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int) -> int:
 
 @register("Pooling")
 class Pooling(Layer):
+    draw_family = "pooling"
     num_bottoms = (1, 1)
     num_tops = (1, 2)
 

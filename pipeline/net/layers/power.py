@@ -69,6 +69,7 @@ class _CaffePower(torch.autograd.Function):
 
 @register("Power")
 class Power(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 
@@ -94,6 +95,7 @@ def _log_of_base(layer: Layer, base: float) -> float:
 
 @register("Exp")
 class Exp(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 
@@ -128,6 +130,7 @@ class Exp(Layer):
 
 @register("Log")
 class Log(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

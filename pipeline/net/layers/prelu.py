@@ -41,6 +41,7 @@ class _CaffePReLU(torch.autograd.Function):
 
 @register("PReLU")
 class PReLU(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
     blob_names = ("weight",)

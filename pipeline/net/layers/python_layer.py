@@ -200,6 +200,8 @@ class _PythonFunction(torch.autograd.Function):
 
 @register("Python")
 class PythonLayer(Layer):
+    draw_family = "data"
+
     def __init__(self, param, phase=0):
         super().__init__(param, phase)
         self.is_source = not param.bottom  # a Python data layer: tops from nothing, as a data layer's

@@ -211,6 +211,11 @@ class _Recurrent(Layer):
 
 @register("RNN")
 class RNN(_Recurrent):
+    @classmethod
+    def blob_count_for(cls, param):
+        return 5  # without W_xh_static, which only an x_static bottom brings
+
+    draw_family = "recurrent"
     states = ("h",)
     blob_names = ("W_xh", "b_h", "W_xh_static", "W_hh", "W_ho", "b_o")
     input_blobs = ("W_xh", "b_h", "W_xh_static")
@@ -233,6 +238,11 @@ class RNN(_Recurrent):
 
 @register("LSTM")
 class LSTM(_Recurrent):
+    @classmethod
+    def blob_count_for(cls, param):
+        return 3  # without W_xc_static, which only an x_static bottom brings
+
+    draw_family = "recurrent"
     states = ("h", "c")
     gates = 4
     blob_names = ("W_xc", "b_c", "W_xc_static", "W_hc")

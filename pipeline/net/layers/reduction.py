@@ -17,6 +17,7 @@ R = caffe_pb2.ReductionParameter
 
 @register("Reduction")
 class Reduction(Layer):
+    draw_family = "structure"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -11,6 +11,7 @@ from pipeline.net.layers.registry import register
 
 @register("ReLU")
 class ReLU(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -20,6 +20,7 @@ def _not_in_place(layer: Layer) -> None:
 
 @register("Reshape")
 class Reshape(Layer):
+    draw_family = "structure"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 
@@ -70,6 +71,7 @@ class Reshape(Layer):
 
 @register("Flatten")
 class Flatten(Layer):
+    draw_family = "structure"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

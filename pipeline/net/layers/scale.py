@@ -16,6 +16,11 @@ from pipeline.proto import caffe_pb2
 
 @register("Scale")
 class Scale(Layer):
+    @classmethod
+    def blob_count_for(cls, param):
+        return 1 + param.scale_param.bias_term
+
+    draw_family = "normalisation"
     num_bottoms = (1, 2)
     num_tops = (1, 1)
     blob_names = ("weight", "bias")

@@ -9,6 +9,8 @@ from pipeline.net.layers.registry import register
 
 @register("Silence")
 class Silence(Layer):
+    drop_with_losses = True
+    draw_family = "structure"
     num_bottoms = (1, None)
     num_tops = (0, 0)
 

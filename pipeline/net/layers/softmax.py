@@ -17,6 +17,7 @@ from pipeline.ops.caffe_cpu import exact_neuron
 
 @register("Softmax")
 class Softmax(Layer):
+    draw_family = "activation"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

@@ -28,6 +28,7 @@ class CaffeOrderSplit(torch.autograd.Function):
 
 @register("Split")
 class Split(Layer):
+    draw_family = "structure"
     num_bottoms = (1, 1)
     num_tops = (1, None)
 

@@ -35,6 +35,7 @@ def spp_level_geometry(level: int, height: int, width: int) -> tuple[tuple[int, 
 
 @register("SPP")
 class SPP(Layer):
+    draw_family = "pooling"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 

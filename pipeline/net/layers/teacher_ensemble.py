@@ -18,6 +18,7 @@ Combine = caffe_pb2.TeacherEnsembleParameter
 
 @register("TeacherEnsemble")
 class TeacherEnsemble(Layer):
+    draw_family = "loss"
     num_bottoms = (1, None)
     num_tops = (1, 1)
     has_backward = False

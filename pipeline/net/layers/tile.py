@@ -6,6 +6,7 @@ from pipeline.net.layers.registry import register
 
 @register("Tile")
 class Tile(Layer):
+    draw_family = "structure"
     num_bottoms = (1, 1)
     num_tops = (1, 1)
 
