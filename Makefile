@@ -2,8 +2,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-PROTO   := pipeline/proto/caffe.proto
-PB2     := pipeline/proto/caffe_pb2.py
+PROTO   := pipeline/proto/caffe.proto pipeline/proto/schedule.proto
 # torch 2.13.0 is the local CPU build; any other spec would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
@@ -41,9 +40,13 @@ $(STAMP): pyproject.toml
 ops: $(STAMP)
 	$(PY) -m pipeline.ops.build
 
-# The generated protobuf module is committed; this regenerates it after editing the schema.
+# The generated protobuf modules are committed; this regenerates them after editing a schema (caffe.proto,
+# Caffe's; schedule.proto, the transfer tools' schedules and state files). protoc writes schedule_pb2's import
+# of caffe.proto as a top-level `import caffe_pb2`: made the package's `from pipeline.proto import caffe_pb2`.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Ipipeline/proto --python_out=pipeline/proto $(PROTO)
+	sed -i 's/^import caffe_pb2 as caffe__pb2$$/from pipeline.proto import caffe_pb2 as caffe__pb2/' \
+		pipeline/proto/schedule_pb2.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests tools bench

@@ -1,4 +1,4 @@
-"""The generated protobuf module must match pipeline/proto/caffe.proto (regenerate with `make proto`)."""
+"""The generated protobuf modules must match pipeline/proto/caffe.proto and schedule.proto (`make proto`)."""
 
 import ast
 import re
@@ -18,13 +18,25 @@ def _embedded_descriptor(module_text: str) -> bytes:
     return ast.literal_eval(match.group(1))
 
 
-def test_generated_module_is_up_to_date_with_the_schema(tmp_path):
+@pytest.mark.parametrize("name", ["caffe", "schedule"])
+def test_generated_module_is_up_to_date_with_the_schema(tmp_path, name):
     protoc = pytest.importorskip("grpc_tools.protoc")
-    rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={tmp_path}", str(PROTO_DIR / "caffe.proto")])
-    assert rc == 0, "protoc failed on caffe.proto"
-    fresh = _embedded_descriptor((tmp_path / "caffe_pb2.py").read_text())
-    committed = _embedded_descriptor((PROTO_DIR / "caffe_pb2.py").read_text())
-    assert fresh == committed, "pipeline/proto/caffe_pb2.py is out of date with caffe.proto: run `make proto`"
+    rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={tmp_path}", str(PROTO_DIR / f"{name}.proto")])
+    assert rc == 0, f"protoc failed on {name}.proto"
+    fresh = _embedded_descriptor((tmp_path / f"{name}_pb2.py").read_text())
+    committed = _embedded_descriptor((PROTO_DIR / f"{name}_pb2.py").read_text())
+    assert fresh == committed, f"pipeline/proto/{name}_pb2.py is out of date with {name}.proto: run `make proto`"
+
+
+def test_schedule_module_imports_caffe_pb2_from_the_package():
+    """`make proto`'s fix-up: protoc writes a top-level `import caffe_pb2`, which only works with pipeline/proto
+    on sys.path."""
+    text = (PROTO_DIR / "schedule_pb2.py").read_text()
+    assert "from pipeline.proto import caffe_pb2 as caffe__pb2" in text and "\nimport caffe_pb2" not in text
+    from pipeline.proto import schedule_pb2
+
+    stage = schedule_pb2.Stage.DESCRIPTOR
+    assert stage.fields_by_name["solver"].message_type is caffe_pb2.SolverParameter.DESCRIPTOR
 
 
 @pytest.mark.parametrize(
