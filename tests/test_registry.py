@@ -71,7 +71,7 @@ def test_unknown_key_says_did_you_mean_and_lists_known():
 
 def test_the_known_registries_are_all_found():
     names = {reg.name for reg in REGISTRIES}
-    assert {"layer type", "solver type", "filler", "lr_policy", "export forward", "command"} <= names
+    assert {"layer type", "solver type", "filler", "lr_policy", "command"} <= names
 
 
 @pytest.mark.parametrize("registry", [r for r in REGISTRIES if r.name != "colour"], ids=lambda r: r.name)

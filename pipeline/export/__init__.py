@@ -13,7 +13,7 @@ The `convert` verb (`python -m pipeline convert`) does all of it from files: see
 
 from pipeline.export.convert import FORMATS, ConvertRequest, ConvertResult, convert, default_output, format_summary
 from pipeline.export.deploy import Preprocessing, build_net_for_weights, deploy_param, preprocessing
-from pipeline.export.module import EXPORT_FORWARDS, DeployModule, ExportError, export_program
+from pipeline.export.module import DeployModule, ExportError, export_program
 from pipeline.export.onnx_io import DEFAULT_OPSET, Comparison, check_onnx, compare_onnx, export_onnx, run_onnx
 from pipeline.export.safetensors_io import (
     load_safetensors,
@@ -26,7 +26,6 @@ from pipeline.export.safetensors_io import (
 
 __all__ = [
     "DEFAULT_OPSET",
-    "EXPORT_FORWARDS",
     "FORMATS",
     "Comparison",
     "ConvertRequest",

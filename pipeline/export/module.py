@@ -10,156 +10,21 @@ of that is state a tracer either warns about (tensors assigned to attributes dur
     program.module()(x)                   # the output tensor (a tuple for several outputs)
 
 A few layer types compute their TEST-phase forward through state or Python-side caches that a tracer should
-not see; `EXPORT_FORWARDS` gives those an export-friendly forward with the same numbers (see each function).
+not see; their class's `export_forward` gives an export-friendly forward with the same numbers (the base class's
+is the layer's own forward), and a type that cannot be exported says why in its `not_exportable`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.net.layers.base import TEST, Layer
-from pipeline.proto import caffe_pb2
-from pipeline.registry import Registry
+from pipeline.net.layers.base import TEST
 
 
 class ExportError(PipelineError):
     """A net that cannot be exported as asked (wrong phase, a layer with no export path, a failed check)."""
-
-
-#: Caffe type -> forward(layer, *bottoms) used instead of the layer's own when exporting.
-EXPORT_FORWARDS: Registry[Callable] = Registry("export forward")
-#: Types whose forward cannot be exported at all, with the reason (checked before tracing, for a clear error).
-NOT_EXPORTABLE = {
-    "Filter": "its output size depends on the values of its selector input",
-    "HDF5Output": "writes files",
-}
-
-
-def export_forward(*type_names: str):
-    return EXPORT_FORWARDS.register(*type_names)
-
-
-@export_forward("Split", "Dropout")
-def _identity(layer: Layer, x: torch.Tensor):
-    # Split tops are copies of the bottom and Dropout is the identity in TEST: no op at all in the graph.
-    return (x,) * len(layer.top_names) if layer.type_name == "Split" else x
-
-
-@export_forward("BatchNorm")
-def _batch_norm(layer, x: torch.Tensor):
-    # The layer's own forward gives its buffers zero .grad tensors and, with batch statistics, updates them:
-    # neither belongs in an inference graph. Same arithmetic otherwise.
-    if layer.use_global_stats:
-        return layer._normalise_global(x)
-    dims = [0, *range(2, x.dim())]
-    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-    return (x - mean) / torch.sqrt(var + layer.eps)
-
-
-@export_forward("Pooling")
-def _pooling(layer, x: torch.Tensor):
-    """Caffe's pooling as ops whose ONNX meaning is unambiguous: explicit padding to exactly Caffe's windows,
-    then floor-mode pooling. (ONNX's ceil_mode output size keeps a last window that starts in the padding, which
-    Caffe and torch drop: onnx's shape inference then disagrees with the graph, and AVE divisors of clipped
-    windows are the runtime's choice.) AVE divides the window sums by Caffe's per-position divisor, a constant."""
-    P = caffe_pb2.PoolingParameter
-    if layer.method == P.STOCHASTIC or len(layer.top_names) > 1:
-        return layer(x)  # TEST-phase STOCHASTIC and the argmax top: the layer's own ops
-    h, w = int(x.shape[2]), int(x.shape[3])  # static: only the batch axis is dynamic
-    kernel, out = layer.geometry(h, w)
-    (ph, pw), (sh, sw) = layer.pad, layer.stride
-    far_h = (out[0] - 1) * sh + kernel[0] - h - ph
-    far_w = (out[1] - 1) * sw + kernel[1] - w - pw
-    padded = (ph, pw, far_h, far_w) != (0, 0, 0, 0)
-    if layer.method == P.MAX:
-        if padded:
-            x = F.pad(x, (pw, far_w, ph, far_h), value=float("-inf"))
-        return F.max_pool2d(x, kernel, layer.stride)
-    if not padded:
-        return F.avg_pool2d(x, kernel, layer.stride)
-    sums = F.avg_pool2d(F.pad(x, (pw, far_w, ph, far_h)), kernel, layer.stride) * float(kernel[0] * kernel[1])
-    divisor = _pool_divisor(h, w, kernel, layer.stride, layer.pad, out)
-    return sums / divisor.to(x.dtype)
-
-
-@export_forward("SPP")
-def _spp(layer, x: torch.Tensor):
-    # Caffe builds SPP from Pooling layers; export each level through the Pooling export path above.
-    pools = layer.levels(int(x.shape[2]), int(x.shape[3]))
-    if layer.height == 1:
-        return _pooling(pools[0], x)
-    return torch.cat([_pooling(pool, x).flatten(1) for pool in pools], dim=1)
-
-
-def _pool_divisor(h, w, kernel, stride, pad, out) -> torch.Tensor:
-    # A fresh constant per call (the layer caches its divisor; a cache filled while tracing would hold a fake).
-    sizes = []
-    for size, k, s, p, n in zip((h, w), kernel, stride, pad, out):
-        sizes.append([min(i * s - p + k, size + p) - (i * s - p) for i in range(n)])
-    return torch.tensor([[a * b for b in sizes[1]] for a in sizes[0]], dtype=torch.float32)
-
-
-@export_forward("Reshape")
-def _reshape(layer, x: torch.Tensor):
-    # The layer caches its last top shape by comparing whole shapes; with a symbolic batch that comparison
-    # would pin the batch. Where the top's first axis is the batch times a constant and the other axes do not
-    # depend on the batch, reshape to (-1, ...) and the batch stays free.
-    rest = tuple(int(d) for d in x.shape[1:])
-    try:
-        one, two = layer.top_shape((1, *rest)), layer.top_shape((2, *rest))
-    except PipelineError:
-        one = two = None
-    if one and two and one[1:] == two[1:] and two[0] == 2 * one[0]:
-        return x.reshape(-1, *one[1:])
-    return layer(x)
-
-
-@export_forward("ArgMax")
-def _argmax(layer, x: torch.Tensor):
-    # The layer sorts (stable) to break ties towards the larger index as Caffe does; ONNX has no stable Sort,
-    # but its TopK puts the lower index first on ties, so TopK of the flipped axis gives Caffe's order there.
-    def top_k(values: torch.Tensor, dim: int):
-        size = values.shape[dim]
-        best, order = torch.topk(values.flip(dim), layer.top_k, dim=dim, largest=True, sorted=True)
-        return best, (size - 1 - order).to(values.dtype)
-
-    if layer.axis is not None:
-        best, index = top_k(x, layer.axis)
-        return best if layer.out_max_val else index
-    best, index = top_k(x.reshape(x.shape[0], -1), 1)
-    rows = (index, best) if layer.out_max_val else (index,)
-    static = (1, *(int(d) for d in x.shape[1:]))  # int() of the batch would pin it
-    return torch.stack(rows, 1).reshape(x.shape[0], *layer._top_shape(static)[1:])
-
-
-@export_forward("Im2col")
-def _im2col(layer, x: torch.Tensor):
-    # ONNX has no unfold: a grouped convolution with one-hot kernels picks the same patch values, in the same
-    # channel order (c * kh * kw + kernel offset), exactly (each output is one input times 1).
-    if len(layer.kernel) != 2 or layer.axis != 1:
-        return layer(x)
-    channels, (kh, kw) = int(x.shape[1]), layer.kernel
-    eye = torch.eye(kh * kw, dtype=x.dtype).reshape(kh * kw, 1, kh, kw).repeat(channels, 1, 1, 1)
-    return F.conv2d(x, eye, None, layer.stride, layer.pad, layer.dilation, channels)
-
-
-@export_forward("Power")
-def _power(layer, x: torch.Tensor):
-    # The layer goes through an autograd.Function for Caffe's backward; the forward is this formula.
-    if layer.power * layer.scale == 0:
-        value = 1.0 if layer.power == 0 else float(torch.tensor(layer.shift, dtype=torch.float64) ** layer.power)
-        return torch.full_like(x, value)
-    y = x * layer.scale if layer.scale != 1 else x
-    if layer.shift != 0:
-        y = y + layer.shift
-    if layer.power == 2:
-        return y * y
-    return y if layer.power == 1 else torch.pow(y, layer.power)
 
 
 class DeployModule(nn.Module):
@@ -179,8 +44,8 @@ class DeployModule(nn.Module):
         if net.phase != TEST:
             raise ExportError(f"net '{net.name}' was built in TRAIN phase: export needs the TEST (deploy) phase")
         for layer in net.layers:
-            if layer.type_name in NOT_EXPORTABLE:
-                raise ExportError(f"layer '{layer.name}' ({layer.type_name}): {NOT_EXPORTABLE[layer.type_name]}")
+            if layer.not_exportable:
+                raise ExportError(f"layer '{layer.name}' ({layer.type_name}): {layer.not_exportable}")
         # Every source layer's tops are inputs: Input layers, and the tops a data layer would have read.
         sources = [layer for layer in net.layers if layer.is_source]
         self.net_name = net.name
@@ -209,8 +74,7 @@ class DeployModule(nn.Module):
         values = dict(zip(self.input_names, inputs))
         for layer in self.layers:
             bottoms = [values[b] for b in layer.bottom_names]
-            special = EXPORT_FORWARDS.get(layer.type_name) if layer.type_name in EXPORT_FORWARDS else None
-            tops = special(layer, *bottoms) if special is not None else layer(*bottoms)
+            tops = layer.export_forward(*bottoms)
             if isinstance(tops, torch.Tensor):
                 tops = (tops,)
             for name, top in zip(layer.top_names, tops):

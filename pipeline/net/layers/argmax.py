@@ -65,3 +65,18 @@ class ArgMax(Layer):
 
     def extra_repr(self):
         return f"{super().extra_repr()}, top_k={self.top_k}, axis={self.axis}, out_max_val={self.out_max_val}"
+
+    def export_forward(self, x: torch.Tensor):
+        # Export (DeployModule): argmax's TEST forward without state a tracer should not see.
+        def top_k(values: torch.Tensor, dim: int):
+            size = values.shape[dim]
+            best, order = torch.topk(values.flip(dim), self.top_k, dim=dim, largest=True, sorted=True)
+            return best, (size - 1 - order).to(values.dtype)
+
+        if self.axis is not None:
+            best, index = top_k(x, self.axis)
+            return best if self.out_max_val else index
+        best, index = top_k(x.reshape(x.shape[0], -1), 1)
+        rows = (index, best) if self.out_max_val else (index,)
+        static = (1, *(int(d) for d in x.shape[1:]))  # int() of the batch would pin it
+        return torch.stack(rows, 1).reshape(x.shape[0], *self._top_shape(static)[1:])

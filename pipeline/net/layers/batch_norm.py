@@ -106,3 +106,11 @@ class BatchNorm(Layer):
             f"{super().extra_repr()}, use_global_stats={self.use_global_stats}, "
             f"moving_average_fraction={self.moving_average_fraction}, eps={self.eps}"
         )
+
+    def export_forward(self, x: torch.Tensor):
+        # Export (DeployModule): batch_norm's TEST forward without state a tracer should not see.
+        if self.use_global_stats:
+            return self._normalise_global(x)
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+        return (x - mean) / torch.sqrt(var + self.eps)

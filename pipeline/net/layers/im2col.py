@@ -8,6 +8,7 @@ spatial axes through F.unfold, whose backward (F.fold) adds the patches in col2i
 is Caffe's bit for bit (Tensor.unfold's backward sums overlapping windows in another order).
 """
 
+import torch
 import torch.nn.functional as F
 
 from pipeline.net.layers.base import Layer, canonical_axis, count
@@ -62,3 +63,11 @@ class Im2col(Layer):
         outputs = x.shape[2 : 2 + n]
         x = x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
         return x.reshape(*lead, channels * count(self.kernel), *outputs)
+
+    def export_forward(self, x: torch.Tensor):
+        # Export (DeployModule): im2col's TEST forward without state a tracer should not see.
+        if len(self.kernel) != 2 or self.axis != 1:
+            return self(x)
+        channels, (kh, kw) = int(x.shape[1]), self.kernel
+        eye = torch.eye(kh * kw, dtype=x.dtype).reshape(kh * kw, 1, kh, kw).repeat(channels, 1, 1, 1)
+        return F.conv2d(x, eye, None, self.stride, self.pad, self.dilation, channels)

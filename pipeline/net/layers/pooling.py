@@ -150,3 +150,36 @@ class Pooling(Layer):
         else:
             result = (patches * patches).sum(2) / patches.sum(2).clamp_min(torch.finfo(x.dtype).tiny)
         return result.view(n, c, *out)
+
+    def export_forward(self, x: torch.Tensor):
+        # Export (DeployModule): pooling's TEST forward without state a tracer should not see.
+        """Caffe's pooling as ops whose ONNX meaning is unambiguous: explicit padding to exactly Caffe's windows,
+        then floor-mode pooling. (ONNX's ceil_mode output size keeps a last window that starts in the padding, which
+        Caffe and torch drop: onnx's shape inference then disagrees with the graph, and AVE divisors of clipped
+        windows are the runtime's choice.) AVE divides the window sums by Caffe's per-position divisor, a constant."""
+        P = caffe_pb2.PoolingParameter
+        if self.method == P.STOCHASTIC or len(self.top_names) > 1:
+            return self(x)  # TEST-phase STOCHASTIC and the argmax top: the self's own ops
+        h, w = int(x.shape[2]), int(x.shape[3])  # static: only the batch axis is dynamic
+        kernel, out = self.geometry(h, w)
+        (ph, pw), (sh, sw) = self.pad, self.stride
+        far_h = (out[0] - 1) * sh + kernel[0] - h - ph
+        far_w = (out[1] - 1) * sw + kernel[1] - w - pw
+        padded = (ph, pw, far_h, far_w) != (0, 0, 0, 0)
+        if self.method == P.MAX:
+            if padded:
+                x = F.pad(x, (pw, far_w, ph, far_h), value=float("-inf"))
+            return F.max_pool2d(x, kernel, self.stride)
+        if not padded:
+            return F.avg_pool2d(x, kernel, self.stride)
+        sums = F.avg_pool2d(F.pad(x, (pw, far_w, ph, far_h)), kernel, self.stride) * float(kernel[0] * kernel[1])
+        divisor = pool_divisor(h, w, kernel, self.stride, self.pad, out)
+        return sums / divisor.to(x.dtype)
+
+
+def pool_divisor(h, w, kernel, stride, pad, out) -> torch.Tensor:
+    # A fresh constant per call (the layer caches its divisor; a cache filled while tracing would hold a fake).
+    sizes = []
+    for size, k, s, p, n in zip((h, w), kernel, stride, pad, out):
+        sizes.append([min(i * s - p + k, size + p) - (i * s - p) for i in range(n)])
+    return torch.tensor([[a * b for b in sizes[1]] for a in sizes[0]], dtype=torch.float32)

@@ -84,6 +84,18 @@ class Power(Layer):
     def extra_repr(self):
         return f"{super().extra_repr()}, power={self.power}, scale={self.scale}, shift={self.shift}"
 
+    def export_forward(self, x: torch.Tensor):
+        # Export (DeployModule): power's TEST forward without state a tracer should not see.
+        if self.power * self.scale == 0:
+            value = 1.0 if self.power == 0 else float(torch.tensor(self.shift, dtype=torch.float64) ** self.power)
+            return torch.full_like(x, value)
+        y = x * self.scale if self.scale != 1 else x
+        if self.shift != 0:
+            y = y + self.shift
+        if self.power == 2:
+            return y * y
+        return y if self.power == 1 else torch.pow(y, self.power)
+
 
 def _log_of_base(layer: Layer, base: float) -> float:
     """ln(base), with Caffe's base -1 meaning e; other bases must be strictly positive."""

@@ -40,3 +40,6 @@ class Split(Layer):
             return CaffeOrderSplit.apply(x, len(self.top_names))
         # Views, not the same tensor: each consumer's gradient stays separable (retain_grad per top).
         return tuple(x.view_as(x) for _ in self.top_names)
+
+    def export_forward(self, x: torch.Tensor):
+        return (x,) * len(self.top_names)  # copies of the bottom: no op in the graph

@@ -88,3 +88,10 @@ class SPP(Layer):
         # Caffe's internal Split feeds the levels: in the bit-exact mode their gradients add in its order.
         inputs = CaffeOrderSplit.apply(x, len(pools)) if caffe_blas.active(x) and x.requires_grad else [x] * len(pools)
         return torch.cat([pool(level).flatten(1) for pool, level in zip(pools, inputs)], dim=1)
+
+    def export_forward(self, x: torch.Tensor):
+        # Export (DeployModule): spp's TEST forward without state a tracer should not see.
+        pools = self.levels(int(x.shape[2]), int(x.shape[3]))
+        if self.height == 1:
+            return pools[0].export_forward(x)
+        return torch.cat([pool.export_forward(x).flatten(1) for pool in pools], dim=1)
