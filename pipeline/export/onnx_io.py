@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.export.module import DeployModule, ExportError, batch_inputs
+from pipeline.extras import install_hint, require
 from pipeline.fileio import atomic_writer, temporary_beside
 from pipeline.weights.wire import len_header
 
@@ -67,7 +68,7 @@ _INLINE_LIMIT = 1_800_000_000
 
 
 def _trace(module: DeployModule, name: str, opset: int, dynamic_batch: bool):
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export and checking")
 
     args = module.example_inputs()
     dynamic, batch = {}, None
@@ -176,7 +177,7 @@ def _inputs_to_initializers(model, weights: dict[str, torch.Tensor]) -> None:
 
 def check_graph(model, what: str) -> None:
     """onnx.checker (with shape inference) on a model whose weights are still graph inputs."""
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export and checking")
 
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -188,7 +189,7 @@ def _write_model(f, model, weights: dict[str, torch.Tensor], data=None, data_nam
     """Serialize `model` with `weights` as GraphProto initializers, the float payloads written from the tensors'
     memory (or to the `data` file, referenced as external data). Protobuf reads fields in any order, so the
     initializers follow the rest of the graph."""
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export and checking")
 
     graph_field = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
     initializer_field = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
@@ -225,7 +226,7 @@ def _write_model(f, model, weights: dict[str, torch.Tensor], data=None, data_nam
 
 def check_onnx(path: str | Path) -> None:
     """onnx.checker on the file (by path, so models over 2 GB with external data are checked too)."""
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export and checking")
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -254,7 +255,7 @@ def run_onnx(path: str | Path, inputs: dict[str, np.ndarray], threads: int | Non
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("onnxruntime is not installed: pip install onnxruntime to run ONNX models") from None
+        raise ExportError(f"onnxruntime is not installed: {install_hint('onnx')} to run ONNX models") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.extras import require
 from pipeline.viz.logtable import ParsedLog, Table
 
 KINDS = ("loss", "accuracy", "lr")
@@ -169,7 +170,7 @@ def _style(s: Series, ordinal: int, colour) -> dict:
 
 
 def _palette(n: int) -> list:
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", "plot", "plotting").colormaps
 
     if n <= 10:
         return list(colormaps["tab10"].colors)
@@ -206,6 +207,7 @@ def _legend(ax, series: list[Series], runs: int, colours: list, names: list[str]
 
 
 def _draw(series: list[Series], kinds, runs: int, x: str, normalise: bool, title, logy: bool):
+    require("matplotlib", "plot", "plotting")
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
 
     height = 3.0 if runs <= 12 else 3.0 + 0.12 * (min(runs, 16) - 12)
