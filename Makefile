@@ -14,7 +14,7 @@ SET     ?=
 ITERS   ?= 50
 MODEL   ?=
 
-.PHONY: setup proto test lint format train data clean bench plot time convert sweep figures ops test-portable
+.PHONY: setup proto test lint format train data clean plot time convert sweep figures ops test-portable
 
 setup: $(STAMP)
 
