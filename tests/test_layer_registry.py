@@ -134,6 +134,12 @@ NEEDS_FILES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_folder(tmp_path, monkeypatch):
+    # Some examples write files (HDF5Output's file_name): keep them out of the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
 def test_every_type_has_an_example():
     missing = sorted(set(LAYERS.keys()) - set(EXAMPLES))
     assert not missing, f"registered layer types without an example in tests/test_layer_registry.py: {missing}"
