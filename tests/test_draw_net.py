@@ -97,3 +97,25 @@ def test_command_line(tmp_path, capsys):
     assert draw_main([str(bad), str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err
     assert "ts_vgg16_train_val.prototxt:368" in err and "Traceback" not in err
+
+
+def test_draw_tool_in_a_fresh_process_renders_embed_net(tmp_path):
+    """tools/draw_net.py renders the teacher-student template before anything has built a net: embed_net must
+    find the layer types on its own (it once stopped with 'import pipeline.net.layers first')."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ts.dot"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "draw_net.py"),
+            str(ROOT / "prototxt" / "teacher_student.prototxt"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "t_conv1" in out.read_text()

@@ -8,6 +8,7 @@ template, rewrites it that way and returns its layers as prototxt text.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def register_layer_classes(lookup: Callable[[str], object | None]) -> None:
 def layer_class_of(kind: str):
     """The Layer class of `kind`, or None where the type is not registered (V1 names, other forks' types)."""
     if _layer_class is None:
-        raise TemplateError("embed_net needs the layer types: import pipeline.net.layers first")
+        # The layer types are a plug-in set the net package registers on import; any entry point (a tool that
+        # only draws or converts) may render a template first, so the first need loads them by name.
+        importlib.import_module("pipeline.net.layers")
+    if _layer_class is None:
+        raise TemplateError("embed_net needs the layer types, and pipeline.net.layers registered none")
     return _layer_class(kind)
 
 
