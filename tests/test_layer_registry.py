@@ -72,13 +72,15 @@ EXAMPLES: dict[str, tuple] = {
     ),  # fmt: skip
     "InnerProduct": ('type: "InnerProduct" inner_product_param { num_output: 3 }', V, 1, None, ["x"]),
     "Input": ('type: "Input" input_param { shape { dim: 2 dim: 3 } }', {}, 1, None, None),
-    # No gradcheck: its backward is the KD fork's (scaled by T^2, the teacher's side cut), not its loss's autograd.
+    # Our extended syntax (alpha set): the loss is T^2 KL, whose gradient the op's backward is. In the KD fork's
+    # syntax (temperature alone) the reported loss drops T^2 but the gradient keeps it, so only the student
+    # side is checked, and only here. The teacher gets no gradient by design.
     "KnowledgeDistillation": (
-        'type: "KnowledgeDistillation" knowledge_distillation_param { temperature: 2 }',
+        'type: "KnowledgeDistillation" knowledge_distillation_param { temperature: 2 alpha: 1 }',
         SAME,
         1,
         None,
-        None,
+        ["x"],
     ),
     "LRN": ('type: "LRN" lrn_param { local_size: 3 }', X, 1, None, ["x"]),
     "LSTM": ('type: "LSTM" recurrent_param { num_output: 3 }', SEQ, 1, CONT, ["x"]),
