@@ -11,7 +11,8 @@ Caffe's order, so a net starts from Caffe's very weights without its .caffemodel
 
 from __future__ import annotations
 
-from decimal import Decimal, getcontext
+import functools
+from decimal import Decimal, localcontext
 
 import numpy as np
 
@@ -25,18 +26,18 @@ _INV_TWO_32 = f32(2.0**-32)
 _NORMAL_XF = np.array(NORMAL_X, dtype=np.float32)
 
 
+@functools.cache
 def _exponential_tables() -> tuple[list[float], list[float]]:
-    """Boost's 256-layer ziggurat for exp(-x) (Marsaglia and Tsang's r and v), computed to 50 digits."""
-    getcontext().prec = 50
-    r, v = Decimal("7.69711747013104972"), Decimal("0.0039496598225815571993")
-    x = [v * r.exp(), r]
-    for i in range(1, 255):
-        x.append(-(v / x[i] + (-x[i]).exp()).ln())
-    x.append(Decimal(0))
-    return [float(d) for d in x], [0.0] + [float((-d).exp()) for d in x[1:256]] + [1.0]
-
-
-_EXP_X, _EXP_Y = _exponential_tables()
+    """Boost's 256-layer ziggurat for exp(-x) (Marsaglia and Tsang's r and v), computed to 50 digits in a local
+    decimal context (the process's own precision is left alone), once, on the first exponential draw."""
+    with localcontext() as context:
+        context.prec = 50
+        r, v = Decimal("7.69711747013104972"), Decimal("0.0039496598225815571993")
+        x = [v * r.exp(), r]
+        for i in range(1, 255):
+            x.append(-(v / x[i] + (-x[i]).exp()).ln())
+        x.append(Decimal(0))
+        return [float(d) for d in x], [0.0] + [float((-d).exp()) for d in x[1:256]] + [1.0]
 
 
 class CaffeRNG:
@@ -139,19 +140,20 @@ class CaffeRNG:
                 return f32(x + start)
 
     def _unit_exponential(self) -> np.float32:
+        exp_x, exp_y = _exponential_tables()
         shift = f32(0)
         while True:
             u = self._next()
             i = u & 255
-            x = f32(f32(u >> 8) * _INV_TWO_24 * f32(_EXP_X[i]))
-            if x < f32(_EXP_X[i + 1]):
+            x = f32(f32(u >> 8) * _INV_TWO_24 * f32(exp_x[i]))
+            if x < f32(exp_x[i + 1]):
                 return f32(shift + x)
             if i == 0:  # the tail of an exponential is an exponential: start again, shifted
-                shift = f32(shift + f32(_EXP_X[1]))
+                shift = f32(shift + f32(exp_x[1]))
                 continue
             y01 = self._uniform01()
-            y = f32(f32(_EXP_Y[i]) + f32(y01 * f32(_EXP_Y[i + 1] - _EXP_Y[i])))
-            above_upper = f32(f32(f32(_EXP_X[i] - _EXP_X[i + 1]) * y01) - f32(f32(_EXP_X[i]) - x))
-            above_lower = f32(y - f32(f32(_EXP_Y[i]) + f32(f32(f32(_EXP_X[i]) - x) * f32(_EXP_Y[i]))))
+            y = f32(f32(exp_y[i]) + f32(y01 * f32(exp_y[i + 1] - exp_y[i])))
+            above_upper = f32(f32(f32(exp_x[i] - exp_x[i + 1]) * y01) - f32(f32(exp_x[i]) - x))
+            above_lower = f32(y - f32(f32(exp_y[i]) + f32(f32(f32(exp_x[i]) - x) * f32(exp_y[i]))))
             if above_upper < 0 and (above_lower < 0 or y < f32(float_libm().expf(f32(-x)))):
                 return f32(x + shift)

@@ -9,18 +9,29 @@ filler draws Caffe's very numbers, with Caffe's float arithmetic for scales and 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from pipeline.errors import NetBuildError
-from pipeline.exact.caffe_rng import CaffeRNG
 from pipeline.proto import caffe_pb2
 from pipeline.registry import Registry
 
+if TYPE_CHECKING:
+    from pipeline.exact.caffe_rng import CaffeRNG
+
 Filler = Callable[[caffe_pb2.FillerParameter, tuple, "torch.Generator | CaffeRNG | None"], torch.Tensor]
 FILLERS: Registry[Filler] = Registry("filler")
+
+
+def _is_caffe_rng(generator) -> bool:
+    """Whether `generator` is Caffe's random stream. Only a seeded net in the bit-exact mode makes one, and it
+    imports pipeline/exact/caffe_rng.py to do so: the default path never loads that module."""
+    module = sys.modules.get("pipeline.exact.caffe_rng")
+    return module is not None and isinstance(generator, module.CaffeRNG)
 
 
 def register_filler(name: str):
@@ -85,7 +96,7 @@ def _fan_for(param: caffe_pb2.FillerParameter, shape: tuple) -> float:
 
 
 def _uniform(shape: tuple, low: float, high: float, generator) -> torch.Tensor:
-    if isinstance(generator, CaffeRNG):
+    if _is_caffe_rng(generator):
         return torch.from_numpy(generator.uniform(_count(shape), low, high)).reshape(shape)
     return torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=generator)
 
@@ -102,7 +113,7 @@ def uniform(param, shape, generator):
 
 @register_filler("gaussian")
 def gaussian(param, shape, generator):
-    if isinstance(generator, CaffeRNG):
+    if _is_caffe_rng(generator):
         data = generator.gaussian(_count(shape), param.mean, param.std)
         if param.sparse >= 0:  # Caffe's mask: bernoulli(Dtype(sparse) / Dtype(num_outputs)), after the values
             data = data * generator.bernoulli(data.size, np.float32(param.sparse) / np.float32(shape[0]))
@@ -120,7 +131,7 @@ def gaussian(param, shape, generator):
 def positive_unitball(param, shape, generator):
     data = _uniform(shape, 0.0, 1.0, generator)
     rows = data.reshape(shape[0] if shape else 1, -1)
-    if isinstance(generator, CaffeRNG):  # each row's sum left to right in float, then divided, as Caffe
+    if _is_caffe_rng(generator):  # each row's sum left to right in float, then divided, as Caffe
         sums = np.add.accumulate(rows.numpy(), axis=1, dtype=np.float32)[:, -1:]
         return (rows / torch.from_numpy(np.ascontiguousarray(sums))).reshape(shape)
     rows /= rows.sum(dim=1, keepdim=True)
@@ -129,7 +140,7 @@ def positive_unitball(param, shape, generator):
 
 @register_filler("xavier")
 def xavier(param, shape, generator):
-    if isinstance(generator, CaffeRNG):  # Caffe's float arithmetic: integer fans, sqrt(Dtype(3) / n)
+    if _is_caffe_rng(generator):  # Caffe's float arithmetic: integer fans, sqrt(Dtype(3) / n)
         scale = np.sqrt(np.float32(3) / _caffe_fan(param, shape), dtype=np.float32)
         return _uniform(shape, -scale, scale, generator)
     scale = math.sqrt(3.0 / _fan_for(param, shape))
@@ -149,7 +160,7 @@ def _caffe_fan(param: caffe_pb2.FillerParameter, shape: tuple) -> np.float32:
 
 @register_filler("msra")
 def msra(param, shape, generator):
-    if isinstance(generator, CaffeRNG):
+    if _is_caffe_rng(generator):
         std = np.sqrt(np.float32(2) / _caffe_fan(param, shape), dtype=np.float32)
         return torch.from_numpy(generator.gaussian(_count(shape), 0.0, std)).reshape(shape)
     std = math.sqrt(2.0 / _fan_for(param, shape))

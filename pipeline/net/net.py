@@ -10,6 +10,7 @@ records no autograd graph at all.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,13 +18,15 @@ from torch import nn
 import pipeline.net.layers  # noqa: F401  (registers every layer type)
 from pipeline.errors import NetBuildError, PipelineError
 from pipeline.exact import caffe_blas
-from pipeline.exact.caffe_rng import CaffeRNG
 from pipeline.net.accessors import Blob, LearnableParam, _BlobMap
 from pipeline.net.build_errors import as_written, split_origins
 from pipeline.net.layers.base import TEST, TRAIN, Layer, check_counts
 from pipeline.net.layers.registry import layer_class
 from pipeline.proto import caffe_pb2
 from pipeline.text.netspec import filter_net, insert_splits, net_state
+
+if TYPE_CHECKING:
+    from pipeline.exact.caffe_rng import CaffeRNG
 
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
 #: The name Caffe's Net::AppendTop gives a top a loss layer needs but the file does not name.
@@ -67,6 +70,8 @@ class Net(nn.Module):
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
         # A seeded net in the bit-exact mode fills its blobs from Caffe's own random stream.
         if filler_rng is None and seed is not None and caffe_blas.is_on():
+            from pipeline.exact.caffe_rng import CaffeRNG  # the exact mode's only: the default path never loads it
+
             filler_rng = CaffeRNG(seed)
         written = param
         self._building: int | None = None  # index in self.param.layer of the layer being set up

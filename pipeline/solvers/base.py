@@ -22,7 +22,6 @@ from google.protobuf import text_format
 import pipeline.solvers.snapshot as snap
 from pipeline.errors import SolverError
 from pipeline.exact import caffe_blas
-from pipeline.exact.caffe_rng import CaffeRNG
 from pipeline.glog import get_logger
 from pipeline.proto import caffe_pb2
 from pipeline.solvers.diagnose import first_nonfinite
@@ -64,7 +63,11 @@ class Solver:
             np.random.seed(self.seed % 2**32)
         self.device = torch.device(device) if device is not None else self._device_from_param()
         # Caffe's one generator, seeded before the train net and then the test nets fill their blobs from it.
-        self.filler_rng = CaffeRNG(self.seed) if self.seed is not None and caffe_blas.is_on() else None
+        self.filler_rng = None
+        if self.seed is not None and caffe_blas.is_on():
+            from pipeline.exact.caffe_rng import CaffeRNG  # the exact mode's only: the default path never loads it
+
+            self.filler_rng = CaffeRNG(self.seed)
         sources = collect_nets(param, solver_path, variables)
         self.net_texts = sources.texts
         self.net = self._build(sources.train[1], sources.train[0])
