@@ -6,10 +6,10 @@ import pytest
 import torch
 from gradcheck_util import single_layer_net
 
-from pipeline.errors import NetBuildError
+from pipeline.errors import NetBuildError, PipelineError
 from pipeline.net.layers import softmax_loss as layer_module
 from pipeline.net.layers.softmax_loss import SoftmaxLabelLoss
-from pipeline.ops import caffe_cpu as op_module
+from pipeline.ops import fast_ops as op_module
 
 if not op_module.available():
     pytest.skip("the softmax loss op could not be built here (no C++ compiler)", allow_module_level=True)
@@ -149,3 +149,29 @@ def test_torch_compile_of_a_model_using_the_op():
     torch.testing.assert_close(compiled(x), step(x))
     compiled(x).backward()
     assert model.weight.grad is not None
+
+
+def test_fast_op_builds_and_runs_when_the_exact_build_fails(monkeypatch):
+    """The fused op is a library of its own: a failed bit-exact build (pipeline/ops/caffe_cpu.py) leaves it built
+    and used by the default path."""
+    from pipeline.ops import build, caffe_cpu
+
+    real_build = build.build_op_library
+
+    def exact_fails(library):
+        if library is build.CAFFE_CPU:
+            raise PipelineError("the Caffe CPU arithmetic ops failed to build (test)")
+        return real_build(library)
+
+    monkeypatch.setattr(caffe_cpu, "_state", {})
+    monkeypatch.setattr(caffe_cpu, "build_op_library", exact_fails)
+    monkeypatch.setattr(op_module, "_state", {})
+    monkeypatch.setattr(op_module, "build_op_library", exact_fails)
+    with pytest.warns(UserWarning, match="failed to build"):
+        assert caffe_cpu.available() is False
+    assert op_module.available() is True
+    calls = []
+    fused = layer_module.softmax_label_loss
+    monkeypatch.setattr(layer_module, "softmax_label_loss", lambda *a: calls.append(1) or fused(*a))
+    loss = loss_net().layer("under_test")(torch.randn(6, 5), torch.tensor([0.0, 1, 2, 3, 4, 0]))
+    assert calls == [1] and torch.isfinite(loss)

@@ -39,7 +39,7 @@ class OpLibrary:
     minutes: str  # how long a build takes, for the log line
 
 
-#: Every op library of the project (pipeline/ops/distill.py and caffe_cpu.py load them by these names).
+#: Every op library of the project (pipeline/ops/distill.py, fast_ops.py and caffe_cpu.py load them by these names).
 # The distillation op is tuned for the build machine (-march=native, fast-math): its key includes the CPU. The
 # Caffe arithmetic ops are portable -O2 without fast-math: their division and summation order are Caffe's.
 DISTILL = OpLibrary(
@@ -49,14 +49,23 @@ DISTILL = OpLibrary(
     "distillation op",
     "about a minute",
 )
+# The default path's fused SoftmaxWithLoss op, apart from the bit-exact mode's ops: a failed exact build leaves
+# the fast path built (pipeline/ops/fast_ops.py loads only this one).
+FAST = OpLibrary(
+    "caffe_pipeline_fast",
+    ("fast_ops.cpp",),
+    ("-O2", "-std=c++17"),
+    "fused SoftmaxWithLoss op",
+    "under a minute",
+)
 CAFFE_CPU = OpLibrary(
     "caffe_pipeline_caffe_cpu",
     ("caffe_cpu.cpp", "caffe_conv.cpp"),
     ("-O2", "-std=c++17"),
-    "Caffe CPU arithmetic ops",
+    "Caffe CPU arithmetic ops (bit-exact mode)",
     "about two minutes",
 )
-LIBRARIES = (DISTILL, CAFFE_CPU)
+LIBRARIES = (DISTILL, FAST, CAFFE_CPU)
 
 
 def compiler() -> str:

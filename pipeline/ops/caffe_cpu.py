@@ -1,14 +1,11 @@
-"""Caffe's CPU arithmetic as C++ ops (`pipeline/csrc/caffe_cpu.cpp`, `caffe_conv.cpp`; built and cached by
-pipeline/ops/build.py at `make setup` or first use):
+"""Caffe's CPU arithmetic as C++ ops for the bit-exact mode (pipeline/exact/caffe_blas.py), `csrc/caffe_cpu.cpp`
+and `caffe_conv.cpp`, built and cached by pipeline/ops/build.py at `make setup` or first use. The default path's
+fused SoftmaxWithLoss op is a library of its own (pipeline/ops/fast_ops.py): a failed build here costs it nothing.
 
-- `torch.ops.caffe_pipeline.softmax_label_loss`: SoftmaxWithLoss's common case, one fused op each way. Where
-  the library cannot be built (no compiler) the layer falls back to its ATen formulation, once warned: same
-  formula, rounding of its own.
 - `torch.ops.caffe_pipeline.caffe_powx`: Caffe's caffe_powx, std::pow (libm powf) per element, which the
-  adaptive solvers use for squares and square roots (powf(x, 0.5) is not always sqrtf(x)); for the bit-exact
-  mode (pipeline/exact/caffe_blas.py).
+  adaptive solvers use for squares and square roots (powf(x, 0.5) is not always sqrtf(x)).
 - `torch.ops.caffe_pipeline.caffe_neuron` / `caffe_neuron_backward`: Sigmoid, TanH, BNLL, ELU, Exp, Log and Swish as
-  Caffe's CPU code computes them (libm's float functions, its mix of float and double), for the bit-exact mode.
+  Caffe's CPU code computes them (libm's float functions, its mix of float and double).
 - `torch.ops.caffe_pipeline.caffe_im2col` / `caffe_col2im`: Caffe's im2col_cpu and col2im_cpu on one 2-D image,
   for the bit-exact mode's convolutions.
 """
@@ -21,6 +18,7 @@ import warnings
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.exact import caffe_blas
 from pipeline.ops.build import CAFFE_CPU, build_op_library
 
 _lock = threading.Lock()
@@ -28,7 +26,7 @@ _state: dict[str, bool] = {}
 
 
 def available() -> bool:
-    """Whether the op is loaded (building it the first time); False, with one warning, where it cannot be."""
+    """Whether the ops are loaded (building them the first time); False, with one warning, where they cannot be."""
     ready = _state.get("ready")
     if ready is not None:
         return ready
@@ -40,7 +38,7 @@ def available() -> bool:
                 _register_fake_kernels()
                 _state["ready"] = True
             except PipelineError as exc:
-                warnings.warn(f"{exc}; SoftmaxWithLoss runs as ATen ops instead (slower)", stacklevel=2)
+                warnings.warn(f"{exc}; the bit-exact mode computes without Caffe's libm arithmetic", stacklevel=2)
                 _state["ready"] = False
     return _state["ready"]
 
@@ -70,20 +68,6 @@ def _register_fake_kernels() -> None:
     def _fake_neuron_backward(top_diff, x, y, kind, params):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    @torch.library.register_fake("caffe_pipeline::softmax_label_loss")
-    def _fake_forward(scores, labels, normalizer):
-        return scores.new_empty(()), torch.empty_like(scores), labels.new_empty(scores.shape[0], dtype=torch.long)
-
-    @torch.library.register_fake("caffe_pipeline::softmax_label_loss_backward")
-    def _fake_backward(grad, prob, label, normalizer):
-        return torch.empty_like(prob)
-
-
-def softmax_label_loss(scores: torch.Tensor, labels: torch.Tensor, normalizer: float) -> torch.Tensor:
-    """-sum(log(max(softmax(scores)[row, label], FLT_MIN))) / normalizer for (rows, classes) scores, one label
-    per row (any dtype; float labels truncate like Caffe's int cast). Raises RuntimeError on a label out of range."""
-    return torch.ops.caffe_pipeline.softmax_label_loss(scores, labels, float(normalizer))[0]
-
 
 def caffe_powx(x: torch.Tensor, power: float) -> torch.Tensor:
     """Caffe's caffe_powx<float>: std::pow(x, power) element by element (a new tensor)."""
@@ -112,6 +96,4 @@ def caffe_neuron(x: torch.Tensor, kind: str, params=()) -> torch.Tensor:
 
 def exact_neuron(x: torch.Tensor) -> bool:
     """Whether a neuron layer should compute `x` as Caffe does: bit-exact mode on, float32 CPU, op built."""
-    from pipeline.exact import caffe_blas
-
     return caffe_blas.active(x) and available()

@@ -188,11 +188,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_ops(progress) -> None:
     """Compile the C++ ops now (first run only, then cached), with the elapsed time shown, not mid-training."""
-    from pipeline.ops import caffe_cpu, distill
+    from pipeline.ops import distill, fast_ops
     from pipeline.solvers.progress import busy
 
     with busy("compiling the C++ ops (first run only)", progress):
-        caffe_cpu.available()
+        fast_ops.available()
         distill.load_library()
 
 

@@ -120,19 +120,26 @@ class Exp(Layer):
             self.outer_scale = 1.0
         else:
             self.outer_scale = math.exp(shift) if self.base == -1 else self.base**shift
-        # The same members in Caffe's float arithmetic, for the bit-exact mode.
-        log_base = _caffe_log_base(self.base)
-        if shift == 0:
-            outer = f32(1)
-        else:
-            libm = float_libm()
-            outer = f32(libm.expf(shift) if self.base == -1 else libm.powf(self.base, shift))
-        self.caffe_members = [log_base * f32(scale), outer]
+        self._caffe_members: list | None = None  # the bit-exact mode's, on its first forward
         return [tuple(bottom_shapes[0])]
+
+    def caffe_members(self) -> list:
+        """ExpLayer's inner_scale_ and outer_scale_ in Caffe's float arithmetic, for the bit-exact mode (computed
+        once, on its first forward: the default path never needs them)."""
+        if self._caffe_members is None:
+            p = self.param.exp_param
+            shift = float(p.shift)
+            if shift == 0:
+                outer = f32(1)
+            else:
+                libm = float_libm()
+                outer = f32(libm.expf(shift) if self.base == -1 else libm.powf(self.base, shift))
+            self._caffe_members = [_caffe_log_base(self.base) * f32(p.scale), outer]
+        return self._caffe_members
 
     def forward(self, x):
         if exact_neuron(x):
-            return caffe_neuron(x, "Exp", self.caffe_members)
+            return caffe_neuron(x, "Exp", self.caffe_members())
         y = torch.exp(x if self.inner_scale == 1 else x * self.inner_scale)
         return y if self.outer_scale == 1 else y * self.outer_scale
 
@@ -152,19 +159,25 @@ class Log(Layer):
         log_base = _log_of_base(self, self.base)
         self.check(log_base != 0, "base 1 has no logarithm (log(1) = 0)")
         self.base_scale = 1.0 / log_base
-        caffe_log_base = _caffe_log_base(self.base)
-        # scale, shift, base_scale_ and backward_num_scale_ as LogLayer holds them (float), for the bit-exact mode.
-        self.caffe_members = [
-            f32(self.scale),
-            f32(self.shift),
-            f32(1) / caffe_log_base,
-            f32(self.scale) / caffe_log_base,
-        ]
+        self._caffe_members: list | None = None  # the bit-exact mode's, on its first forward
         return [tuple(bottom_shapes[0])]
+
+    def caffe_members(self) -> list:
+        """scale, shift, base_scale_ and backward_num_scale_ as LogLayer holds them (float), for the bit-exact mode
+        (computed once, on its first forward: the default path never needs them)."""
+        if self._caffe_members is None:
+            caffe_log_base = _caffe_log_base(self.base)
+            self._caffe_members = [
+                f32(self.scale),
+                f32(self.shift),
+                f32(1) / caffe_log_base,
+                f32(self.scale) / caffe_log_base,
+            ]
+        return self._caffe_members
 
     def forward(self, x):
         if exact_neuron(x):
-            return caffe_neuron(x, "Log", self.caffe_members)
+            return caffe_neuron(x, "Log", self.caffe_members())
         z = x if self.scale == 1 else x * self.scale
         if self.shift != 0:
             z = z + self.shift

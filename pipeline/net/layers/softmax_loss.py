@@ -26,8 +26,9 @@ from pipeline.net.layers.loss_common import (
     shape_normalizer,
 )
 from pipeline.net.layers.registry import register
-from pipeline.ops.caffe_cpu import available as fused_loss_available
-from pipeline.ops.caffe_cpu import softmax_label_loss
+from pipeline.ops import caffe_cpu
+from pipeline.ops.fast_ops import available as fused_loss_available
+from pipeline.ops.fast_ops import softmax_label_loss
 
 
 class SoftmaxTargetLoss(torch.autograd.Function):
@@ -91,7 +92,7 @@ def _runs_fused(x: torch.Tensor) -> bool:
 def softmax_target_tops(layer, scores, x, targets, valid, outer, inner, threshold):
     """The loss (and, with a second top, the probabilities shaped like `scores`) of a softmax-target layer."""
     norm = normalizer(layer.normalization, outer, inner, valid.sum(), x)
-    if caffe_blas.active(x) and fused_loss_available():
+    if caffe_blas.active(x) and caffe_cpu.available():
         loss, prob = CaffeSoftmaxTargetLoss.apply(x, targets, float(norm), threshold)
     else:
         loss, prob = SoftmaxTargetLoss.apply(x, targets, norm, threshold)
@@ -131,7 +132,7 @@ class SoftmaxWithLoss(Layer):
             return SoftmaxLabelLoss.apply(x, checked_class_labels(self, labels, num_classes), norm)
         lab, valid = class_labels(self, labels, num_classes, self.ignore_label)
         x = scores.reshape(outer, num_classes, inner)
-        if caffe_blas.active(x) and fused_loss_available():
+        if caffe_blas.active(x) and caffe_cpu.available():
             loss, prob = CaffeSoftmaxLoss.apply(x, lab.view(outer, inner), valid.view(outer, inner), self.normalization)
             return loss if len(self.top_names) == 1 else (loss, prob.reshape(scores.shape))
         onehot = torch.zeros_like(x).scatter_(1, lab.view(outer, 1, inner), valid.view(outer, 1, inner).to(x.dtype))
