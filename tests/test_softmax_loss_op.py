@@ -9,6 +9,7 @@ from gradcheck_util import single_layer_net
 from pipeline.errors import NetBuildError, PipelineError
 from pipeline.net.layers import softmax_loss as layer_module
 from pipeline.net.layers.softmax_loss import SoftmaxLabelLoss
+from pipeline.ops import build
 from pipeline.ops import fast_ops as op_module
 
 if not op_module.available():
@@ -123,9 +124,9 @@ def test_unbuildable_op_warns_once_and_reports_unavailable(monkeypatch):
     monkeypatch.setattr(op_module, "_state", {})
 
     def no_compiler(*args):
-        raise op_module.PipelineError("the softmax loss op is C++ and needs a compiler: 'c++' was not found")
+        raise PipelineError("the softmax loss op is C++ and needs a compiler: 'c++' was not found")
 
-    monkeypatch.setattr(op_module, "build_op_library", no_compiler)
+    monkeypatch.setattr(build, "build_op_library", no_compiler)
     with pytest.warns(UserWarning, match="needs a compiler.*ATen ops instead"):
         assert op_module.available() is False
     assert op_module.available() is False  # remembered: no second build attempt, no second warning
@@ -164,9 +165,8 @@ def test_fast_op_builds_and_runs_when_the_exact_build_fails(monkeypatch):
         return real_build(library)
 
     monkeypatch.setattr(caffe_cpu, "_state", {})
-    monkeypatch.setattr(caffe_cpu, "build_op_library", exact_fails)
     monkeypatch.setattr(op_module, "_state", {})
-    monkeypatch.setattr(op_module, "build_op_library", exact_fails)
+    monkeypatch.setattr(build, "build_op_library", exact_fails)
     with pytest.warns(UserWarning, match="failed to build"):
         assert caffe_cpu.available() is False
     assert op_module.available() is True

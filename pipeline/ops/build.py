@@ -21,6 +21,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,3 +203,24 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+_optional_lock = threading.Lock()
+
+
+def load_optional(state: dict, library: OpLibrary, register_python_kernels: Callable[[], None], fallback: str) -> bool:
+    """Build (first time only) and load `library` with its Python-side kernels; where it cannot be built, False
+    with one warning ending in `fallback` (what runs instead). `state` is the caller's cache of the answer."""
+    ready = state.get("ready")
+    if ready is not None:
+        return ready
+    with _optional_lock:
+        if "ready" not in state:
+            try:
+                build_op_library(library)
+                register_python_kernels()
+                state["ready"] = True
+            except PipelineError as exc:
+                warnings.warn(f"{exc}; {fallback}", stacklevel=3)
+                state["ready"] = False
+    return state["ready"]

@@ -12,35 +12,18 @@ fused SoftmaxWithLoss op is a library of its own (pipeline/ops/fast_ops.py): a f
 
 from __future__ import annotations
 
-import threading
-import warnings
-
 import torch
 
-from pipeline.errors import PipelineError
 from pipeline.exact import caffe_blas
-from pipeline.ops.build import CAFFE_CPU, build_op_library
+from pipeline.ops.build import CAFFE_CPU, load_optional
 
-_lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
 def available() -> bool:
     """Whether the ops are loaded (building them the first time); False, with one warning, where they cannot be."""
-    ready = _state.get("ready")
-    if ready is not None:
-        return ready
-    with _lock:
-        if "ready" not in _state:
-            try:
-                # No fast-math here: the division and summation order are Caffe's arithmetic.
-                build_op_library(CAFFE_CPU)
-                _register_fake_kernels()
-                _state["ready"] = True
-            except PipelineError as exc:
-                warnings.warn(f"{exc}; the bit-exact mode computes without Caffe's libm arithmetic", stacklevel=2)
-                _state["ready"] = False
-    return _state["ready"]
+    fallback = "the bit-exact mode computes without Caffe's libm arithmetic"
+    return load_optional(_state, CAFFE_CPU, _register_fake_kernels, fallback)
 
 
 def _register_fake_kernels() -> None:

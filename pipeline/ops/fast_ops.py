@@ -7,33 +7,16 @@ formulation, once warned: same formula, rounding of its own.
 
 from __future__ import annotations
 
-import threading
-import warnings
-
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.ops.build import FAST, build_op_library
+from pipeline.ops.build import FAST, load_optional
 
-_lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
 def available() -> bool:
     """Whether the op is loaded (building it the first time); False, with one warning, where it cannot be."""
-    ready = _state.get("ready")
-    if ready is not None:
-        return ready
-    with _lock:
-        if "ready" not in _state:
-            try:
-                build_op_library(FAST)
-                _register_fake_kernels()
-                _state["ready"] = True
-            except PipelineError as exc:
-                warnings.warn(f"{exc}; SoftmaxWithLoss runs as ATen ops instead (slower)", stacklevel=2)
-                _state["ready"] = False
-    return _state["ready"]
+    return load_optional(_state, FAST, _register_fake_kernels, "SoftmaxWithLoss runs as ATen ops instead (slower)")
 
 
 def _register_fake_kernels() -> None:
